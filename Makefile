@@ -1,0 +1,45 @@
+# Quickstart: `make run` (train, export, verify, benchmark on Fashion-MNIST), `make test`.
+# Each target creates or reuses .venv, installs the project and provisions the data.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    ?= quickstart
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install data run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# Fashion-MNIST comes from the Debian package when apt is usable, else torchvision's download.
+data: $(STAMP)
+	@if [ ! -f $(DEBIAN_DATA) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+			|| echo "warning: apt-get could not install dataset-fashion-mnist"; \
+	fi
+	@$(BIN)/python -c "from toolkit.data import locate_data; print('data:', locate_data()['train-images-idx3-ubyte'].parent)" \
+		|| echo "warning: no Fashion-MNIST data; tests that need it will be skipped"
+
+run: data
+	$(BIN)/toolkit train --model mlp --run_name $(RUN) --overwrite
+	$(BIN)/toolkit evaluate --checkpoint runs/$(RUN)/model.ckpt
+
+test: data
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: data
+	$(BIN)/python -m pytest --benchmark-only
+
+clean:
+	rm -rf runs exports/*/ .pytest_cache .benchmarks

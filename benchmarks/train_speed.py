@@ -1,0 +1,148 @@
+"""Training speed: toolkit's pipeline against the tutorial's, side by side in one process.
+
+The baseline reimplements the tutorial as written: torchvision ``FashionMNIST`` with a
+per-sample ``ToTensor`` transform, ``num_workers=0``, and a LightningModel that logs its
+torchmetrics accuracy object every step. Both train the tutorial MLP for the same number
+of epochs at batch size 64 with the Lightning Trainer (deterministic, seed 42), in
+alternating order, and the script prints the wall times and their ratio.
+
+Run: ``python benchmarks/train_speed.py --epochs 10``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch.utils.data import DataLoader, random_split
+from torchvision import datasets, transforms
+
+from toolkit.data import MNISTDataModule, cache_dir, locate_data
+from toolkit.models import PyTorchMLP
+from toolkit.module import LightningModel
+
+
+class TutorialLightningModel(L.LightningModule):
+    """The tutorial's final LightningModel, verbatim in behaviour."""
+
+    def __init__(self, model: torch.nn.Module, learning_rate: float = 0.001) -> None:
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.model = model
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+        self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+        self.save_hyperparameters(ignore=["model"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _shared_step(self, batch):
+        features, true_labels = batch
+        logits = self(features)
+        loss = F.cross_entropy(logits, true_labels)
+        return loss, true_labels, torch.argmax(logits, dim=1)
+
+    def training_step(self, batch, batch_idx):
+        loss, true_labels, predicted_labels = self._shared_step(batch)
+        self.log("train_loss", loss)
+        self.train_acc(predicted_labels, true_labels)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, true_labels, predicted_labels = self._shared_step(batch)
+        self.log("val_loss", loss, prog_bar=True)
+        self.val_acc(predicted_labels, true_labels)
+        self.log("val_acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        _, true_labels, predicted_labels = self._shared_step(batch)
+        self.test_acc(predicted_labels, true_labels)
+        self.log("accuracy", self.test_acc)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+
+
+def _trainer(epochs: int) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def run_tutorial(epochs: int) -> dict:
+    """Train and test as the tutorial does; return wall time and test accuracy."""
+    root = str(cache_dir())
+    start = time.perf_counter()
+    L.seed_everything(42, verbose=False)
+    full = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
+    test = datasets.FashionMNIST(root, train=False, transform=transforms.ToTensor())
+    train, val = random_split(full, [55_000, 5_000], generator=torch.Generator().manual_seed(42))
+    model = TutorialLightningModel(PyTorchMLP(784, 10), learning_rate=0.001)
+    trainer = _trainer(epochs)
+    trainer.fit(
+        model,
+        DataLoader(train, batch_size=64, shuffle=True, drop_last=True),
+        DataLoader(val, batch_size=64),
+    )
+    fit_s = time.perf_counter() - start
+    acc = trainer.test(model, DataLoader(test, batch_size=64), verbose=False)[0]["accuracy"]
+    return {"fit_s": fit_s, "test_acc": acc}
+
+
+def run_toolkit(epochs: int) -> dict:
+    """Train and test with toolkit's data module and LightningModel."""
+    start = time.perf_counter()
+    L.seed_everything(42, verbose=False)
+    data = MNISTDataModule(dataset="fashion-mnist")
+    model = LightningModel(network="mlp", learning_rate=0.001)
+    trainer = _trainer(epochs)
+    trainer.fit(model, datamodule=data)
+    fit_s = time.perf_counter() - start
+    acc = trainer.test(model, datamodule=data, verbose=False)[0]["accuracy"]
+    return {"fit_s": fit_s, "test_acc": acc}
+
+
+def main() -> None:
+    """Run both pipelines and print their times and the speed-up."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    locate_data("fashion-mnist")  # unpack once, outside both timings
+    torch.set_num_threads(torch.get_num_threads())
+    toolkit = run_toolkit(args.epochs)
+    tutorial = run_tutorial(args.epochs)
+    result = {
+        "epochs": args.epochs,
+        "threads": torch.get_num_threads(),
+        "toolkit": toolkit,
+        "tutorial": tutorial,
+        "speedup": tutorial["fit_s"] / toolkit["fit_s"],
+    }
+    print(
+        f"{args.epochs} epochs, mlp, batch 64, Fashion-MNIST, {result['threads']} threads\n"
+        f"  tutorial pipeline: {tutorial['fit_s']:7.1f} s  test acc {tutorial['test_acc']:.4f}\n"
+        f"  toolkit pipeline:  {toolkit['fit_s']:7.1f} s  test acc {toolkit['test_acc']:.4f}\n"
+        f"  speed-up: {result['speedup']:.1f}x"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The CLI as a user runs it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+
+def assert_one_line_error(proc, code: int, *fragments: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("toolkit: error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
+    proc = run_cli(
+        "train",
+        "--data_dir",
+        str(idx_dir),
+        "--max_epochs",
+        "1",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "cli",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.limit_val_batches",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "cli" / "run.json").read_text())
+    proc = run_cli(
+        "evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"), "--data_dir", str(idx_dir)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Test Acc {info['test_acc'] * 100:.2f}%" in proc.stdout.splitlines()[-1]
+
+
+def test_config_file_and_print_config(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: cnn\nmax_epochs: 3\ntrainer:\n  precision: bf16-mixed\n")
+    proc = run_cli("train", "--config", str(config), "--print_config")
+    assert proc.returncode == 0, proc.stderr
+    assert "model: cnn" in proc.stdout and "max_epochs: 3" in proc.stdout
+    assert "precision: bf16-mixed" in proc.stdout
+
+
+def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:
+    proc = run_cli(
+        "train",
+        "--data_dir",
+        str(idx_dir),
+        "--max_epochs",
+        "1",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "ddp",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
+    )
+    assert (tmp_path / "ddp" / "model.ckpt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    proc = run_cli("train", "--model", "mlpx", "--output_dir", str(tmp_path))
+    assert_one_line_error(proc, 2, "unknown model 'mlpx'", "available: cnn, mlp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_option_value() -> None:
+    assert_one_line_error(run_cli("train", "--max_epochs", "ten"), 2, "max_epochs")
+
+
+def test_missing_data(tmp_path: Path) -> None:
+    proc = run_cli(
+        "train", "--data_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "out")
+    )
+    assert_one_line_error(proc, 1, "no FashionMNIST IDX files")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_data(tmp_path: Path, idx_dir: Path) -> None:
+    import shutil
+
+    shutil.copytree(idx_dir, tmp_path / "d")
+    path = tmp_path / "d" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:999])
+    proc = run_cli(
+        "train", "--data_dir", str(tmp_path / "d"), "--output_dir", str(tmp_path / "out")
+    )
+    assert_one_line_error(proc, 1, "truncated", "t10k-images")
+
+
+def test_ckpt_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.ckpt"
+    bogus.write_bytes(os.urandom(2000))
+    proc = run_cli("evaluate", "--checkpoint", str(bogus))
+    assert_one_line_error(proc, 1, str(bogus), "not a readable torch file")
+
+
+def test_state_dict_mismatch(tmp_path: Path) -> None:
+    import torch
+
+    from toolkit.models import build_model
+
+    torch.save(build_model("cnn").state_dict(), tmp_path / "cnn.pt")
+    proc = run_cli("evaluate", "--weights", str(tmp_path / "cnn.pt"), "--model", "mlp")
+    assert_one_line_error(proc, 1, "missing keys: all_layers.1.weight", "unexpected keys:")
+
+
+def test_debug_shows_traceback() -> None:
+    proc = run_cli("train", "--model", "mlpx", "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_help(argv: list[str]) -> None:
+    proc = run_cli(*argv)
+    assert proc.returncode == 0 and "usage:" in proc.stdout

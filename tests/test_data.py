@@ -1,0 +1,121 @@
+"""Data module: IDX decoding, lookup order, errors, tensor batches."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import requires_real_data
+from idx import make_split
+
+from toolkit.data import MNISTDataModule, load_split, locate_data
+from toolkit.errors import DataError, UnknownNameError
+
+
+def test_decodes_plain_idx(idx_dir: Path) -> None:
+    images, labels = load_split("train", data_dir=idx_dir)
+    expected_images, expected_labels = make_split(480, 1)
+    assert images.shape == (480, 28, 28) and images.dtype == torch.uint8
+    assert torch.equal(images, torch.from_numpy(expected_images))
+    assert torch.equal(labels, torch.from_numpy(expected_labels).long())
+
+
+def test_gz_files_are_unpacked_into_cache(idx_gz_dir: Path) -> None:
+    files = locate_data("fashion-mnist", idx_gz_dir)
+    for path in files.values():
+        assert path.suffix != ".gz" and path.is_file()
+        assert path.parent.parts[-2:] == ("FashionMNIST", "raw")  # torchvision's layout
+    images, _ = load_split("test", data_dir=idx_gz_dir)
+    assert images.shape == (120, 28, 28)
+
+
+def test_torchvision_layout_is_accepted(tmp_path: Path, idx_dir: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(idx_dir, raw)
+    images, _ = load_split("train", "mnist", data_dir=tmp_path)
+    assert len(images) == 480
+
+
+def test_missing_files_name_the_folder(tmp_path: Path, idx_dir: Path) -> None:
+    shutil.copytree(idx_dir, tmp_path / "d")
+    (tmp_path / "d" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"no FashionMNIST IDX files.*d"):
+        locate_data("fashion-mnist", tmp_path / "d")
+
+
+def test_truncated_file_is_a_data_error(tmp_path: Path, idx_dir: Path) -> None:
+    shutil.copytree(idx_dir, tmp_path / "d")
+    path = tmp_path / "d" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        load_split("train", data_dir=tmp_path / "d")
+
+
+def test_corrupt_gz_is_a_data_error(tmp_path: Path, idx_gz_dir: Path) -> None:
+    shutil.copytree(idx_gz_dir, tmp_path / "d")
+    (tmp_path / "d" / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="corrupt"):
+        locate_data("fashion-mnist", tmp_path / "d")
+
+
+def test_nothing_found_names_every_place_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import toolkit.data as data
+
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "_try_download", lambda name: False)
+    with pytest.raises(DataError) as info:
+        locate_data("fashion-mnist")
+    message = str(info.value)
+    assert str(tmp_path / "cache") in message and "nowhere" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_unknown_dataset_lists_choices() -> None:
+    with pytest.raises(UnknownNameError, match="available: fashion-mnist, kmnist, mnist"):
+        MNISTDataModule(dataset="cifar")
+
+
+def test_datamodule_split_and_batches(idx_dir: Path) -> None:
+    dm = MNISTDataModule(str(idx_dir), batch_size=64)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.mnist_train) == 440 and len(dm.mnist_val) == 40  # 1/12 held out
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert y.shape == (64,) and y.dtype == torch.int64
+    assert sum(len(b[1]) for b in dm.test_dataloader()) == 120
+    # The split is seeded: a second module picks the same validation samples.
+    dm2 = MNISTDataModule(str(idx_dir))
+    dm2.setup("fit")
+    assert dm.mnist_val.indices == dm2.mnist_val.indices
+
+
+def test_batches_match_torchvision_to_tensor(idx_dir: Path) -> None:
+    from torchvision import transforms
+
+    dm = MNISTDataModule(str(idx_dir), batch_size=8)
+    dm.setup("test")
+    x, y = next(iter(dm.test_dataloader()))
+    images, labels = load_split("test", data_dir=idx_dir)
+    from PIL import Image
+
+    reference = torch.stack(
+        [transforms.ToTensor()(Image.fromarray(images[i].numpy())) for i in range(8)]
+    )
+    assert torch.equal(x, reference) and torch.equal(y, labels[:8])
+
+
+@requires_real_data
+def test_real_fashion_mnist_default_split() -> None:
+    dm = MNISTDataModule()
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.mnist_train), len(dm.mnist_val), len(dm.mnist_test)) == (55_000, 5_000, 10_000)
+    labels = dm.mnist_test.labels
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 1000))

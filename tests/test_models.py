@@ -1,0 +1,72 @@
+"""Model registry: every registered network builds, runs and reports its input shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from toolkit.errors import UnknownNameError, UsageError
+from toolkit.models import MODELS, PyTorchMLP, build_model, input_shape_of
+from toolkit.registry import Registry
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_builds_and_runs(name: str) -> None:
+    model = build_model(name).eval()
+    shape = input_shape_of(model)
+    with torch.no_grad():
+        out = model(torch.rand(3, *shape))
+    assert out.shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_models_take_channels_and_size(name: str) -> None:
+    model = build_model(name, in_channels=3, num_classes=5, image_size=64).eval()
+    assert input_shape_of(model) == (3, 64, 64)
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(UnknownNameError, match="unknown model 'mlpx'; available: cnn, mlp"):
+        build_model("mlpx")
+
+
+def test_bad_kwargs_are_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="bad arguments for model 'mlp'"):
+        build_model("mlp", hidden=3)
+
+
+def test_registering_twice_is_an_error() -> None:
+    registry: Registry[int] = Registry("thing")
+    registry.register("a")(1)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("a")(2)
+
+
+class TutorialPyTorchMLP(nn.Module):
+    """Verbatim copy of the tutorial's class."""
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.all_layers = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(num_features, 50),
+            nn.ReLU(),
+            nn.Linear(50, 25),
+            nn.ReLU(),
+            nn.Linear(25, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.all_layers(x)
+
+
+def test_tutorial_state_dict_loads_unchanged(tmp_path) -> None:
+    tutorial = TutorialPyTorchMLP(num_features=784, num_classes=10)
+    torch.save(tutorial.state_dict(), tmp_path / "lightning.pt")
+    ours = PyTorchMLP(num_features=784, num_classes=10)
+    ours.load_state_dict(torch.load(tmp_path / "lightning.pt", weights_only=True))
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(ours(x), tutorial(x))

@@ -1,0 +1,159 @@
+"""Training writes a complete run folder; every reload path gives bitwise-identical logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolkit.errors import CheckpointError, OutputExistsError, UsageError
+from toolkit.models import PyTorchMLP
+from toolkit.module import LightningModel
+from toolkit.reload import load_lightning_model, load_network
+from toolkit.train import evaluate, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, idx_dir: Path):
+    out = tmp_path_factory.mktemp("runs")
+    return train(
+        model="mlp",
+        data_dir=str(idx_dir),
+        max_epochs=2,
+        output_dir=str(out),
+        run_name="r",
+        trainer={"accelerator": "cpu", "devices": 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def probe() -> torch.Tensor:
+    return torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+
+
+def test_run_folder_contents(run) -> None:
+    run_dir = Path(run.run_dir)
+    names = {p.name for p in run_dir.iterdir()}
+    assert {
+        "model.ckpt",
+        "model.pt",
+        "model.safetensors",
+        "run.json",
+        "metrics.csv",
+        "epochs.csv",
+    } <= names
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["network"] == "mlp" and info["input_shape"] == [1, 28, 28]
+    assert info["dataset"] == "fashion-mnist" and info["epochs_run"] == 2
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert 0.0 <= info[key] <= 1.0
+    assert info["test_acc"] > 0.5  # the synthetic classes are easy to learn
+    epochs = (run_dir / "epochs.csv").read_text().splitlines()
+    assert epochs[0].split(",")[:1] == ["epoch"] and len(epochs) == 3  # header + 2 epochs
+    assert "val_acc" in epochs[0] and "train_acc" in epochs[0]
+    assert not list(run_dir.parent.glob(".*partial"))
+
+
+@pytest.mark.parametrize("file_name", ["model.ckpt", "model.pt", "model.safetensors"])
+def test_load_network_is_bitwise_identical(run, probe: torch.Tensor, file_name: str) -> None:
+    reloaded = load_network(Path(run.run_dir) / file_name)
+    assert not reloaded.training
+    with torch.no_grad():
+        assert torch.equal(reloaded(probe), run.model(probe))
+
+
+def test_load_from_checkpoint_without_arguments(run, probe: torch.Tensor) -> None:
+    lightning_model = LightningModel.load_from_checkpoint(Path(run.run_dir) / "model.ckpt")
+    lightning_model.eval()
+    with torch.no_grad():
+        assert torch.equal(lightning_model(probe), run.model(probe))
+
+
+def test_load_from_checkpoint_the_tutorial_way(run, probe: torch.Tensor) -> None:
+    net = PyTorchMLP(num_features=784, num_classes=10)
+    lightning_model = LightningModel.load_from_checkpoint(
+        Path(run.run_dir) / "model.ckpt", model=net
+    )
+    lightning_model.eval()
+    assert lightning_model.model is net
+    with torch.no_grad():
+        assert torch.equal(net(probe), run.model(probe))
+
+
+def test_safe_lightning_loader(run, probe: torch.Tensor) -> None:
+    lightning_model = load_lightning_model(Path(run.run_dir) / "model.ckpt")
+    assert not lightning_model.training
+    with torch.no_grad():
+        assert torch.equal(lightning_model(probe), run.model(probe))
+
+
+def test_state_dict_without_sidecar_needs_a_name(run, tmp_path: Path, probe) -> None:
+    bare = tmp_path / "weights.pt"
+    bare.write_bytes((Path(run.run_dir) / "model.pt").read_bytes())
+    with pytest.raises(UsageError, match="pass --model NAME"):
+        load_network(bare)
+    with torch.no_grad():
+        assert torch.equal(load_network(bare, network="mlp")(probe), run.model(probe))
+
+
+def test_mismatched_state_dict_names_keys(run, tmp_path: Path) -> None:
+    state = torch.load(Path(run.run_dir) / "model.pt", weights_only=True)
+    state["extra.weight"] = torch.zeros(1)
+    del state["all_layers.5.bias"]
+    state["all_layers.1.weight"] = torch.zeros(3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_network(tmp_path / "bad.pt", network="mlp")
+    message = str(info.value)
+    assert "missing keys: all_layers.5.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "all_layers.1.weight (3, 3) vs (50, 784)" in message
+
+
+def test_existing_run_is_not_overwritten(run, idx_dir: Path) -> None:
+    run_dir = Path(run.run_dir)
+    before = (run_dir / "model.pt").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(run_dir.parent), run_name="r")
+    assert (run_dir / "model.pt").read_bytes() == before
+
+
+def test_default_run_name_never_reuses_a_folder(tmp_path: Path, idx_dir: Path) -> None:
+    kwargs = {
+        "data_dir": str(idx_dir),
+        "max_epochs": 1,
+        "output_dir": str(tmp_path),
+        "trainer": {"limit_train_batches": 2, "limit_val_batches": 1},
+    }
+    first, second = train(**kwargs), train(**kwargs)
+    assert Path(first.run_dir).name == "mlp-fashion-mnist"
+    assert Path(second.run_dir).name == "mlp-fashion-mnist-v2"
+
+
+def test_evaluate_prints_the_tutorial_line(run, idx_dir: Path, capsys) -> None:
+    result = evaluate(checkpoint=str(Path(run.run_dir) / "model.ckpt"), data_dir=str(idx_dir))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == (
+        f"Train Acc {result['train_acc'] * 100:.2f}% | Val Acc "
+        f"{result['val_acc'] * 100:.2f}% | Test Acc {result['test_acc'] * 100:.2f}%"
+    )
+    assert result["test_acc"] == pytest.approx(run.test_acc)
+    from_weights = evaluate(weights=str(Path(run.run_dir) / "model.pt"), data_dir=str(idx_dir))
+    assert from_weights == result
+
+
+def test_cnn_trains_and_reloads(tmp_path: Path, idx_dir: Path) -> None:
+    result = train(
+        model="cnn",
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        trainer={"limit_train_batches": 3, "limit_val_batches": 1},
+    )
+    probe = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(
+            load_network(Path(result.run_dir) / "model.safetensors")(probe), result.model(probe)
+        )

@@ -1,0 +1,103 @@
+"""Atomic outputs: write under a temporary name, then rename into place.
+
+A process killed mid-write leaves at most a hidden ``.*.partial`` file, never a
+half-written file under the final name, and earlier outputs stay intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import OutputError, OutputExistsError
+
+
+def _partial_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    """Map an OSError raised while writing ``path`` to a one-line user error."""
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.EDQUOT: "disk quota exceeded",
+    }.get(exc.errno or -1, exc.strerror or str(exc))
+    return OutputError(f"cannot write {path}: {reason}; earlier outputs were left as they were")
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be created in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(folder, exc) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {folder}: permission denied; choose another folder")
+    return folder
+
+
+def check_new(path: str | Path, overwrite: bool) -> Path:
+    """Raise if ``path`` exists and ``overwrite`` is False."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it to ``path`` if the block succeeds.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = check_new(path, overwrite)
+    ensure_writable_dir(path.parent)
+    tmp = _partial_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise output_error(path, exc) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:
+    """Atomically write ``text`` to ``path``."""
+    with atomic_path(path, overwrite) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any, overwrite: bool = True) -> Path:
+    """Atomically write ``data`` as indented JSON."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite)
+
+
+def clean_partials(folder: str | Path) -> None:
+    """Remove ``.*.partial`` leftovers of killed runs in ``folder`` (not recursive)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for leftover in folder.glob(".*.partial"):
+            _remove(leftover)

@@ -1,0 +1,142 @@
+"""``toolkit`` command line: maps command names to library functions (jsonargparse).
+
+Every command is a typed, documented library function; ``--config file.yaml`` and
+``--print_config`` work for each, as in LightningCLI. User errors print one line on stderr
+and exit non-zero (2 for usage, 1 for failed checks); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from toolkit.errors import ToolkitError
+
+#: command name → "module:function", imported when the parser is built.
+COMMANDS: dict[str, str] = {
+    "train": "toolkit.train:train",
+    "evaluate": "toolkit.train:evaluate",
+}
+#: Trainer options that ``train`` sets itself or takes as its own arguments.
+_TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
+
+
+def _function(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _summary(fn: Callable[..., Any]) -> str:
+    return (inspect.getdoc(fn) or "").split("\n")[0]
+
+
+def build_parser() -> Any:
+    """The jsonargparse parser with one subcommand per entry of :data:`COMMANDS`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="toolkit",
+        description="Train, reload, export, verify and benchmark Lightning classifiers.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    subcommands = parser.add_subcommands(dest="command")
+    for name, spec in COMMANDS.items():
+        fn = _function(spec)
+        sub = ArgumentParser(exit_on_error=False, description=_summary(fn))
+        sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON config file")
+        skip = {"trainer"} if name == "train" else set()
+        sub.add_function_arguments(fn, skip=skip, fail_untyped=False)
+        if name == "train":
+            import lightning as L
+
+            sub.add_class_arguments(
+                L.Trainer, "trainer", skip=_TRAINER_SKIP, instantiate=False, fail_untyped=False
+            )
+        subcommands.add_subcommand(name, sub, help=_summary(fn))
+    return parser
+
+
+def _trainer_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Trainer options the user set: those differing from ``lightning.Trainer``'s defaults."""
+    import lightning as L
+
+    defaults = {
+        p.name: p.default for p in inspect.signature(L.Trainer.__init__).parameters.values()
+    }
+    return {k: v for k, v in values.items() if k in defaults and v != defaults[k]}
+
+
+def _call(cfg: Any) -> Any:
+    command = cfg.command
+    kwargs = cfg[command].as_dict()
+    for key in ("config", "__path__", "print_config"):
+        kwargs.pop(key, None)
+    if command == "train":
+        kwargs["trainer"] = _trainer_options(kwargs.get("trainer") or {})
+    return _function(COMMANDS[command])(**kwargs)
+
+
+def _bool_flags(argv: list[str]) -> list[str]:
+    """Let ``--overwrite`` stand for ``--overwrite true`` for the command's bool options."""
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command is None:
+        return argv
+    names = {
+        f"--{p.name}"
+        for p in inspect.signature(_function(COMMANDS[command])).parameters.values()
+        if p.annotation in (bool, "bool")
+    }
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in names and (following is None or following.startswith("--")):
+            out.append("true")
+    return out
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TOOLKIT_DEBUG") == "1"
+    argv = _bool_flags([arg for arg in argv if arg != "--debug"])
+    if not debug:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        parser = build_parser()
+        try:
+            cfg = parser.parse_args(argv)
+        except argparse.ArgumentError as exc:
+            print(f"toolkit: error: {_one_line(str(exc))} (see toolkit --help)", file=sys.stderr)
+            return 2
+        if cfg.get("command") is None:
+            parser.print_help()
+            return 2
+        _call(cfg)
+    except ToolkitError as exc:
+        if debug:
+            raise
+        print(f"toolkit: error: {_one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("toolkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""MNIST-family data in torchvision's IDX format, served as tensor-indexed batches.
+
+Lookup order for the four IDX files (``.gz`` accepted everywhere):
+
+1. ``data_dir``, when given (flat, or torchvision's ``<root>/<ClassName>/raw/``);
+2. the toolkit data cache (``$TOOLKIT_CACHE`` or ``~/.cache/toolkit``), torchvision layout;
+3. the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
+4. torchvision's download into the cache (needs internet).
+
+Compressed files are unpacked into the cache, which is laid out as torchvision expects,
+so ``torchvision.datasets.FashionMNIST(root=cache)`` reads it too. The files are decoded
+once into uint8 tensors; each batch is one tensor-indexing operation, with no per-sample
+PIL or ``ToTensor`` work.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, random_split
+
+from toolkit.errors import DataError, UnknownNameError
+
+#: Registered data sets: CLI name → torchvision class name (also the cache sub-folder).
+DATASETS: dict[str, str] = {
+    "fashion-mnist": "FashionMNIST",
+    "mnist": "MNIST",
+    "kmnist": "KMNIST",
+}
+DEFAULT_DATASET = "fashion-mnist"
+SYSTEM_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_FILES: tuple[str, ...] = tuple(name for pair in SPLIT_FILES.values() for name in pair)
+NUM_CLASSES = 10
+INPUT_SHAPE = (1, 28, 28)
+
+
+def cache_dir() -> Path:
+    """The toolkit cache folder: ``$TOOLKIT_CACHE`` or ``~/.cache/toolkit``."""
+    return Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "toolkit"))
+
+
+def _class_name(dataset: str) -> str:
+    try:
+        return DATASETS[dataset]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown dataset '{dataset}'; available: {', '.join(sorted(DATASETS))}"
+        ) from None
+
+
+def _find_files(folder: Path, class_name: str) -> dict[str, Path] | None:
+    """Map each IDX name to a plain or ``.gz`` file in ``folder``, or None if any is missing."""
+    for candidate in (folder, folder / class_name / "raw"):
+        found = {}
+        for name in IDX_FILES:
+            for path in (candidate / name, candidate / f"{name}.gz"):
+                if path.is_file():
+                    found[name] = path
+                    break
+        if len(found) == len(IDX_FILES):
+            return found
+    return None
+
+
+def _unpack_into(files: dict[str, Path], raw_dir: Path) -> dict[str, Path]:
+    """Unpack ``.gz`` files into ``raw_dir`` (atomically); plain files are used in place."""
+    out = {}
+    for name, src in files.items():
+        if src.suffix != ".gz":
+            out[name] = src
+            continue
+        dst = raw_dir / name
+        if not dst.is_file():
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
+            try:
+                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                os.replace(tmp, dst)
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"cannot unpack {src}: {exc}; the file is corrupt") from None
+        out[name] = dst
+    return out
+
+
+def locate_data(
+    dataset: str = DEFAULT_DATASET, data_dir: str | Path | None = None, download: bool = True
+) -> dict[str, Path]:
+    """Find (and if needed unpack or download) the four IDX files of ``dataset``.
+
+    Returns:
+        A mapping from IDX file name (e.g. ``train-images-idx3-ubyte``) to an unpacked file.
+
+    Raises:
+        DataError: nothing found; the message names every folder tried and how to get data.
+    """
+    class_name = _class_name(dataset)
+    raw_dir = cache_dir() / class_name / "raw"
+    if data_dir is not None:
+        found = _find_files(Path(data_dir), class_name)
+        if found is None:
+            raise DataError(
+                f"no {class_name} IDX files ({', '.join(IDX_FILES)}, plain or .gz) in "
+                f"{data_dir} or {Path(data_dir) / class_name / 'raw'}"
+            )
+        # Unpack a user's .gz files apart from the shared cache, keyed by their source,
+        # so two different folders never share (stale) unpacked files.
+        source = "|".join(
+            f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in sorted(found.values())
+        )
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
+        return _unpack_into(found, cache_dir() / "unpacked" / key / class_name / "raw")
+    tried = [raw_dir]
+    found = _find_files(raw_dir.parent.parent, class_name)
+    if found is None and dataset in SYSTEM_DIRS:
+        tried.append(SYSTEM_DIRS[dataset])
+        found = _find_files(SYSTEM_DIRS[dataset], class_name)
+    if found is not None:
+        return _unpack_into(found, raw_dir)
+    if download:
+        tried.append(Path(f"torchvision download into {raw_dir}"))
+        if _try_download(class_name):
+            found = _find_files(raw_dir.parent.parent, class_name)
+            if found is not None:
+                return _unpack_into(found, raw_dir)
+    hint = (
+        "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+        if dataset == "fashion-mnist"
+        else ""
+    )
+    raise DataError(
+        f"{class_name} data not found (tried: {'; '.join(map(str, tried))}); "
+        f"{hint}pass --data_dir with the IDX files, or connect to the internet to download"
+    )
+
+
+def _try_download(class_name: str) -> bool:
+    from torchvision import datasets
+
+    try:
+        for train in (True, False):
+            getattr(datasets, class_name)(cache_dir(), train=train, download=True)
+    except Exception:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)
+def _decode(
+    images_path: Path, labels_path: Path, stamp: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    try:
+        images = read_image_file(str(images_path))
+    except Exception as exc:
+        raise DataError(f"corrupt or truncated IDX image file {images_path}: {exc}") from None
+    try:
+        labels = read_label_file(str(labels_path))
+    except Exception as exc:
+        raise DataError(f"corrupt or truncated IDX label file {labels_path}: {exc}") from None
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(
+            f"IDX files do not match: {images_path} holds {tuple(images.shape)}, "
+            f"{labels_path} holds {tuple(labels.shape)}"
+        )
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES):
+        raise DataError(f"labels in {labels_path} are outside 0..{NUM_CLASSES - 1}")
+    return images, labels.long()
+
+
+def load_split(
+    split: str,
+    dataset: str = DEFAULT_DATASET,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one split (``train`` or ``test``) into uint8 images (N, 28, 28) and int64 labels."""
+    if split not in SPLIT_FILES:
+        raise UnknownNameError(f"unknown split '{split}'; available: train, test")
+    files = locate_data(dataset, data_dir, download)
+    images_path, labels_path = (files[name] for name in SPLIT_FILES[split])
+    stamp = tuple(os.stat(p).st_mtime_ns for p in (images_path, labels_path))
+    return _decode(images_path, labels_path, stamp)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) images → float32 (N, 1, H, W) in [0, 1], as ``ToTensor`` gives."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+class TensorImageDataset(Dataset):
+    """Images and labels held as tensors. Batches are fetched with one indexing operation.
+
+    ``DataLoader`` calls ``__getitems__`` with a whole batch of indices (samplers, shuffling
+    and Lightning's ``DistributedSampler`` keep working); use :func:`batch_collate`.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        # Converted once (188 MB for 60,000 images) so a batch is a single gather.
+        self.images = to_float(images) if images.dtype == torch.uint8 else images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+
+def batch_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate for :class:`TensorImageDataset`: the batch is already stacked."""
+    return batch
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """LightningDataModule for MNIST, Fashion-MNIST and KMNIST in IDX format.
+
+    Args:
+        data_dir: Folder with the IDX files; None searches the cache, Debian, then downloads.
+        dataset: ``fashion-mnist`` (default), ``mnist`` or ``kmnist``.
+        batch_size: Batch size of every loader (64, as in the tutorial).
+        seed: Seed of the train/val split (42, as in the tutorial).
+        val_size: Validation samples taken from the train split; None means 1/12 of it
+            (55,000/5,000 on the full 60,000).
+        num_workers: DataLoader workers; 0 is fastest for in-memory tensor batches.
+        download: Allow torchvision's download as the last resort.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        dataset: str = DEFAULT_DATASET,
+        batch_size: int = 64,
+        seed: int = 42,
+        val_size: int | None = None,
+        num_workers: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        _class_name(dataset)
+        self.data_dir = data_dir
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.val_size = val_size
+        self.num_workers = num_workers
+        self.download = download
+
+    def prepare_data(self) -> None:
+        """Find, unpack or download the files and check they decode (one process only)."""
+        for split in SPLIT_FILES:  # decoded once: load_split caches the tensors
+            load_split(split, self.dataset, self.data_dir, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Decode the IDX files and make the seeded train/val split."""
+        images, labels = load_split("train", self.dataset, self.data_dir, self.download)
+        full = TensorImageDataset(images, labels)
+        val = self.val_size if self.val_size is not None else len(full) // 12
+        if not 0 < val < len(full):
+            raise DataError(f"cannot take {val} validation samples from {len(full)}")
+        self.mnist_train, self.mnist_val = random_split(
+            full, [len(full) - val, val], generator=torch.Generator().manual_seed(self.seed)
+        )
+        self.mnist_test = TensorImageDataset(
+            *load_split("test", self.dataset, self.data_dir, self.download)
+        )
+        self.mnist_predict = self.mnist_test
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            collate_fn=batch_collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (drop_last, as in the tutorial)."""
+        return self._loader(self.mnist_train, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches."""
+        return self._loader(self.mnist_val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader(self.mnist_test, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction batches (the test split)."""
+        return self._loader(self.mnist_predict, shuffle=False)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training subset in order, for measuring train accuracy."""
+        return self._loader(self.mnist_train, shuffle=False)

@@ -1,0 +1,73 @@
+"""User-facing errors.
+
+Every subclass of :class:`ToolkitError` is a user error: the CLI prints it as one line on
+stderr and exits non-zero without a traceback. Any other exception is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """Base class of all user errors. ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 2
+
+
+class UsageError(ToolkitError):
+    """The command was called wrongly: bad option, unknown name, bad shape."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A registry lookup missed."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(ToolkitError):
+    """Data files are missing, truncated or corrupt."""
+
+    exit_code = 1
+
+
+class CheckpointError(ToolkitError):
+    """A checkpoint, state_dict or artifact cannot be read or does not fit the network."""
+
+    exit_code = 1
+
+
+class UnsafeFileError(CheckpointError):
+    """A file would need arbitrary unpickling (code execution) to load."""
+
+
+class IntegrityError(CheckpointError):
+    """An artifact's sha256 does not match its manifest."""
+
+
+class ExportError(ToolkitError):
+    """An export failed or would be wrong."""
+
+    exit_code = 1
+
+
+class OutputExistsError(UsageError):
+    """An output already exists and ``overwrite`` was not given."""
+
+
+class OutputError(ToolkitError):
+    """An output cannot be written (permissions, disk full)."""
+
+    exit_code = 1
+
+
+class CheckFailedError(ToolkitError):
+    """A verification or regression check failed."""
+
+    exit_code = 1
+
+
+class MissingDependencyError(UsageError):
+    """An optional dependency is not installed."""

@@ -1,0 +1,197 @@
+"""Reload a trained network from a Lightning ``.ckpt``, a state_dict ``.pt`` or ``.safetensors``.
+
+Nothing is unpickled beyond tensors and plain containers (``torch.load(weights_only=True)``)
+unless the caller passes ``trust_pickled_file=True`` for a file it trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolkit.errors import CheckpointError, UnsafeFileError, UsageError
+from toolkit.models import build_model
+
+#: Name of the sidecar JSON written next to the weights by ``toolkit train``.
+RUN_INFO = "run.json"
+#: Prefix of the network's keys inside a LightningModel state_dict.
+MODEL_PREFIX = "model."
+
+
+def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
+    """``torch.load`` on CPU with ``weights_only=True``, mapping failures to user errors.
+
+    Raises:
+        UnsafeFileError: the file holds pickled objects that could run code.
+        CheckpointError: the file is missing, truncated or not a torch file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickled_file)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        # Random bytes also trip "Unsupported operand"; only a well-formed torch zip file
+        # (or a named global) is a real pickle carrying code.
+        if "Unsupported global" in text or (
+            "Unsupported operand" in text and zipfile.is_zipfile(path)
+        ):
+            detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), "")
+            raise UnsafeFileError(
+                f"refusing to load {path}: it holds pickled Python objects that could run code "
+                f"({detail.rstrip('.')}); pass --trust_pickled_file only if you trust its source"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable torch file (corrupt or truncated)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable torch file ({first})") from None
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a ``.safetensors`` file: (tensors, metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def _strip_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    if state_dict and all(key.startswith(MODEL_PREFIX) for key in state_dict):
+        return {key[len(MODEL_PREFIX) :]: value for key, value in state_dict.items()}
+    return {k[len(MODEL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
+
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    for candidate in (path.with_suffix(".json"), path.parent / RUN_INFO):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
+def read_weights(
+    path: str | Path, trust_pickled_file: bool = False
+) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    """Read a network's weights and, where the file says, its registry name and kwargs.
+
+    Returns:
+        (state_dict of the bare network, network name or None, network kwargs).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, metadata = read_safetensors(path)
+        kwargs = json.loads(metadata.get("network_kwargs", "{}"))
+        return tensors, metadata.get("network"), kwargs
+    obj = read_torch_file(path, trust_pickled_file)
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state_dict or checkpoint"
+        )
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        hparams = obj.get("hyper_parameters") or {}
+        state_dict = _strip_prefix(obj["state_dict"])
+        return state_dict, hparams.get("network"), dict(hparams.get("network_kwargs") or {})
+    if path.suffix == ".ckpt":
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a state_dict: its values are not all tensors")
+    info = _sidecar(path)
+    return obj, info.get("network"), dict(info.get("network_kwargs") or {})
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise one clear error naming missing, unexpected and mis-shaped keys, if any."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("mis-shaped (file vs network)", misshaped),
+    ):
+        if keys:
+            shown = ", ".join(keys[:6]) + (f", … ({len(keys)} in all)" if len(keys) > 6 else "")
+            problems.append(f"{label} keys: {shown}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit network {type(model).__name__}: {'; '.join(problems)}"
+        )
+
+
+def load_network(
+    path: str | Path,
+    network: str | None = None,
+    network_kwargs: dict[str, Any] | None = None,
+    trust_pickled_file: bool = False,
+) -> nn.Module:
+    """Load a network from ``.ckpt``, state_dict ``.pt`` or ``.safetensors``, in eval mode.
+
+    Args:
+        path: The weights file.
+        network: Registry name; needed only when the file (or its sidecar ``run.json``)
+            does not record it.
+        network_kwargs: Constructor kwargs; override what the file records.
+        trust_pickled_file: Allow arbitrary unpickling. Only for files you trust.
+
+    Returns:
+        The rebuilt ``nn.Module`` in eval mode, on CPU.
+    """
+    state_dict, saved_name, saved_kwargs = read_weights(path, trust_pickled_file)
+    name = network or saved_name
+    if name is None:
+        raise UsageError(f"{path} does not record its network; pass --model NAME (e.g. mlp)")
+    kwargs = {**(saved_kwargs if saved_name in (None, name) else {}), **(network_kwargs or {})}
+    model = build_model(name, **kwargs)
+    check_state_dict(model, state_dict, str(path))
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def load_lightning_model(
+    path: str | Path, model: nn.Module | None = None, trust_pickled_file: bool = False
+) -> Any:
+    """``LightningModel.load_from_checkpoint`` with the same safety checks, in eval mode."""
+    from toolkit.module import LightningModel
+
+    obj = read_torch_file(path, trust_pickled_file)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
+    hparams = obj.get("hyper_parameters") or {}
+    if model is None and hparams.get("network") is None:
+        raise UsageError(f"{path} does not record its network; pass model=... (the tutorial's way)")
+    net = (
+        model
+        if model is not None
+        else build_model(hparams["network"], **dict(hparams.get("network_kwargs") or {}))
+    )
+    check_state_dict(net, _strip_prefix(obj["state_dict"]), str(path))
+    extra = {"model": model} if model is not None else {}
+    lightning_model = LightningModel.load_from_checkpoint(
+        path, map_location="cpu", weights_only=not trust_pickled_file, **extra
+    )
+    return lightning_model.eval()
