@@ -1,0 +1,116 @@
+"""Export manifests: what an artifact is, how to feed it, and how to check it is intact.
+
+Every export writes ``manifest.json`` next to its artifact (one folder per format). The
+runtimes check each file's sha256 against it before loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from toolkit.atomic import write_json
+from toolkit.errors import CheckpointError, IntegrityError
+
+MANIFEST_NAME = "manifest.json"
+#: Marks the dynamic axis in ``input_shape``.
+BATCH_AXIS = "batch"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class ArtifactFile:
+    """One file of an artifact (the model, or an external-data file)."""
+
+    name: str
+    sha256: str
+    size: int
+    role: str = "model"  # "model" or "external-data"
+
+    @classmethod
+    def describe(cls, path: Path, role: str = "model") -> ArtifactFile:
+        """Hash and size a file."""
+        return cls(path.name, sha256_file(path), path.stat().st_size, role)
+
+
+@dataclasses.dataclass
+class Manifest:
+    """Schema of ``manifest.json``; see the README's "Manifest" section."""
+
+    format: str
+    runtime: str
+    files: list[ArtifactFile]
+    input_name: str
+    input_shape: list[int | str]
+    input_dtype: str
+    output_names: list[str]
+    network: str | None = None
+    network_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    exporter: str = ""
+    opset: int | None = None
+    ir_version: int | None = None
+    source_checkpoint: str | None = None
+    source_sha256: str | None = None
+    export_seconds: float = 0.0
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    schema_version: int = 1
+
+    @property
+    def model_file(self) -> str:
+        """Name of the main artifact file."""
+        return next(f.name for f in self.files if f.role == "model")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-data form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """Inverse of :meth:`to_json`."""
+        data = dict(data)
+        data["files"] = [ArtifactFile(**f) for f in data.get("files", [])]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, folder: str | Path) -> Path:
+        """Atomically write ``folder/manifest.json``."""
+        return write_json(Path(folder) / MANIFEST_NAME, self.to_json())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Manifest:
+        """Read ``folder/manifest.json`` (or the manifest path itself)."""
+        path = Path(folder)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise CheckpointError(f"no manifest at {path}; export the artifact again") from None
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"{path} is not a valid manifest ({exc})") from None
+
+    def verify_files(self, folder: str | Path) -> None:
+        """Check every file's presence, size and sha256; raise :class:`IntegrityError`."""
+        folder = Path(folder)
+        for entry in self.files:
+            path = folder / entry.name
+            if not path.is_file():
+                raise IntegrityError(f"{path} is missing (listed in {folder / MANIFEST_NAME})")
+            if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+                raise IntegrityError(
+                    f"{path} does not match its manifest sha256 (tampered or corrupt); "
+                    "export it again or restore the original file"
+                )

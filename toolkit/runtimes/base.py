@@ -1,0 +1,129 @@
+"""The runner protocol: one subclass per runtime, registered by name in ``RUNTIMES``.
+
+The base class owns loading (timed, after an integrity check), device placement, input
+checks, warm-up and synchronisation; a subclass writes ``_load``, ``_prepare`` and
+``_infer`` only. ``parity`` and ``bench`` see nothing but this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from toolkit.errors import UsageError
+from toolkit.registry import Registry
+
+
+class Runner(abc.ABC):
+    """Runs one model in one runtime on one device.
+
+    Args:
+        source: What to run: an artifact folder (with ``manifest.json``) or an ``nn.Module``.
+        device: ``cpu`` or ``cuda`` (``cuda:N``).
+        input_shape: Per-sample input shape; taken from the manifest when there is one.
+        threads: Intra-op threads; None leaves the runtime's default (callers set it).
+        options: Runtime-specific options.
+    """
+
+    name: ClassVar[str]
+    #: Device types this runtime can run on.
+    device_types: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(
+        self,
+        source: Any,
+        device: str = "cpu",
+        input_shape: tuple[int, ...] | None = None,
+        threads: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.source = source
+        self.device = torch.device(device)
+        if self.device.type not in self.device_types:
+            raise UsageError(
+                f"runtime '{self.name}' does not run on {device}; it supports "
+                f"{', '.join(self.device_types)}"
+            )
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.threads = threads
+        self.options = options
+        self.load_seconds: float | None = None
+        self._loaded = False
+
+    # -- protocol -----------------------------------------------------------------------
+    def load(self) -> float:
+        """Load the model (once); returns the load time in seconds."""
+        if not self._loaded:
+            start = time.perf_counter()
+            self._load()
+            self.load_seconds = time.perf_counter() - start
+            self._loaded = True
+        return float(self.load_seconds or 0.0)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear :class:`UsageError` for a wrong dtype or per-sample shape."""
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+            dtype = getattr(x, "dtype", type(x).__name__)
+            raise UsageError(f"{self.name}: inputs must be float32 tensors, got {dtype}")
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise UsageError(
+                f"{self.name}: input shape {tuple(x.shape)} does not match the model's "
+                f"(batch, {', '.join(map(str, self.input_shape))})"
+            )
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        """Check ``x`` and place it where :meth:`infer` wants it (on the device)."""
+        self.load()
+        self.check_input(x)
+        return self._prepare(x)
+
+    def infer(self, prepared: Any) -> Any:
+        """Run on prepared input; returns the runtime's native output (not synchronised)."""
+        return self._infer(prepared)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA); a no-op on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        """Native output → float32 numpy array on the host."""
+        if isinstance(output, torch.Tensor):
+            return output.detach().float().cpu().numpy()
+        return np.asarray(output, dtype=np.float32)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        """Check, place, run and return the logits as a float32 numpy array."""
+        output = self.infer(self.prepare(x))
+        self.synchronize()
+        return self.to_numpy(output)
+
+    def close(self) -> None:  # noqa: B027  (optional hook)
+        """Release the model (optional)."""
+
+    # -- subclass hooks -----------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Load the artifact or module onto ``self.device``."""
+
+    def _prepare(self, x: torch.Tensor) -> Any:
+        return x.to(self.device)
+
+    @abc.abstractmethod
+    def _infer(self, prepared: Any) -> Any:
+        """Run the model once."""
+
+
+RUNTIMES: Registry[type[Runner]] = Registry("runtime")
+
+
+def artifact_folder(source: Any) -> Path:
+    """The artifact folder a runner was given (raises for anything else)."""
+    if isinstance(source, str | Path) and Path(source).is_dir():
+        return Path(source)
+    raise UsageError(f"expected an exported artifact folder, got {source!r}")
