@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,16 @@ def output_error(path: Path, exc: OSError) -> OutputError:
 
 
 def ensure_writable_dir(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that files can be created in it."""
+    """Create ``folder`` if needed and check, by creating a file, that it is writable."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # A real probe: os.access() says yes to root even on read-only folders.
+        fd, probe = tempfile.mkstemp(prefix=".toolkit-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise output_error(folder, exc) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {folder}: permission denied; choose another folder")
     return folder
 
 
@@ -95,9 +98,28 @@ def write_json(path: str | Path, data: Any, overwrite: bool = True) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", overwrite)
 
 
-def clean_partials(folder: str | Path) -> None:
-    """Remove ``.*.partial`` leftovers of killed runs in ``folder`` (not recursive)."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_partials(folder: str | Path) -> list[Path]:
+    """Remove ``.<name>.<pid>.partial`` leftovers whose process is gone (killed runs).
+
+    Partial outputs of live processes are left alone. Returns what was removed.
+    """
     folder = Path(folder)
-    if folder.is_dir():
-        for leftover in folder.glob(".*.partial"):
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for leftover in folder.glob(".*.partial"):
+        pid = leftover.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
             _remove(leftover)
+            removed.append(leftover)
+    return removed

