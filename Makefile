@@ -30,6 +30,9 @@ data: $(STAMP)
 run: data
 	$(BIN)/toolkit train --model mlp --run_name $(RUN) --overwrite
 	$(BIN)/toolkit evaluate --checkpoint runs/$(RUN)/model.ckpt
+	$(BIN)/toolkit export --checkpoint runs/$(RUN)/model.ckpt --format all --overwrite
+	$(BIN)/toolkit verify --checkpoint runs/$(RUN)/model.ckpt
+	$(BIN)/toolkit bench --checkpoint runs/$(RUN)/model.ckpt --min_time 0.5 --rounds 3
 
 test: data
 	$(BIN)/python -m pytest -q

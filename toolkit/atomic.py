@@ -109,17 +109,41 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_partials(folder: str | Path) -> list[Path]:
-    """Remove ``.<name>.<pid>.partial`` leftovers whose process is gone (killed runs).
+    """Tidy up after killed processes: remove their ``.<name>.<pid>.partial`` outputs.
 
-    Partial outputs of live processes are left alone. Returns what was removed.
+    A ``.<name>.<pid>.old`` (an output being replaced when the process died) is moved back
+    to ``<name>`` if nothing took its place, else removed. Files of live processes are
+    left alone. Returns what was removed or restored.
     """
     folder = Path(folder)
-    removed: list[Path] = []
+    touched: list[Path] = []
     if not folder.is_dir():
-        return removed
-    for leftover in folder.glob(".*.partial"):
-        pid = leftover.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        return touched
+    for leftover in [*folder.glob(".*.partial"), *folder.glob(".*.old")]:
+        stem, pid, _ = leftover.name[1:].rsplit(".", 2)
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        final = folder / stem
+        if leftover.suffix == ".old" and not final.exists():
+            os.replace(leftover, final)
+        else:
             _remove(leftover)
-            removed.append(leftover)
-    return removed
+        touched.append(leftover)
+    return touched
+
+
+def publish_dir(staging: Path, final: Path, overwrite: bool) -> None:
+    """Rename the complete folder ``staging`` to ``final``, replacing it only if allowed.
+
+    Replacing takes two renames; a kill between them leaves the old folder as
+    ``.<name>.<pid>.old``, which :func:`clean_stale_partials` moves back. ``final`` is
+    never a half-written folder.
+    """
+    check_new(final, overwrite)
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    old = final.with_name(f".{final.name}.{os.getpid()}.old")
+    os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)

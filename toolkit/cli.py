@@ -21,6 +21,9 @@ from toolkit.errors import ToolkitError
 COMMANDS: dict[str, str] = {
     "train": "toolkit.train:train",
     "evaluate": "toolkit.train:evaluate",
+    "export": "toolkit.export:export_command",
+    "bench": "toolkit.bench:bench_command",
+    "verify": "toolkit.parity:verify_command",
 }
 #: Trainer options that ``train`` sets itself or takes as its own arguments.
 _TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
@@ -37,8 +40,12 @@ def _summary(fn: Callable[..., Any]) -> str:
     return (inspect.getdoc(fn) or "").split("\n")[0]
 
 
-def build_parser() -> Any:
-    """The jsonargparse parser with one subcommand per entry of :data:`COMMANDS`."""
+def build_parser(only: str | None = None) -> Any:
+    """The jsonargparse parser with one subcommand per entry of :data:`COMMANDS`.
+
+    Args:
+        only: Build just this subcommand (imports only its module; faster start-up).
+    """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
@@ -49,6 +56,8 @@ def build_parser() -> Any:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     subcommands = parser.add_subcommands(dest="command")
     for name, spec in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         fn = _function(spec)
         sub = ArgumentParser(exit_on_error=False, description=_summary(fn))
         sub.add_argument("--config", action=ActionConfigFile, help="YAML/JSON config file")
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        parser = build_parser()
+        command = next((a for a in argv if a in COMMANDS), None)
+        parser = build_parser(only=command)
         try:
             cfg = parser.parse_args(argv)
         except argparse.ArgumentError as exc:

@@ -15,10 +15,13 @@ class Registry(Generic[T]):
 
     Args:
         kind: What is registered ("model", "format", "runtime"), used in messages.
+        name_attribute: Set this class attribute of each registered class to its name
+            (when the class does not set it itself), so messages can name it.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, name_attribute: str | None = None) -> None:
         self.kind = kind
+        self.name_attribute = name_attribute
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -27,6 +30,9 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is already registered")
+            attribute = self.name_attribute
+            if attribute and isinstance(obj, type) and attribute not in vars(obj):
+                setattr(obj, attribute, name)
             self._items[name] = obj
             return obj
 

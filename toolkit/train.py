@@ -20,6 +20,7 @@ from toolkit.atomic import (
     clean_stale_partials,
     ensure_writable_dir,
     output_error,
+    publish_dir,
     write_json,
 )
 from toolkit.data import DEFAULT_DATASET, MNISTDataModule
@@ -310,21 +311,8 @@ def _train_into(
     _save_weights(lightning_model.model, staging, model, model_kwargs)
     _epoch_table(staging / METRICS_CSV, staging / EPOCHS_CSV)
     write_json(staging / RUN_INFO, result.to_json())
-    _publish(staging, run_dir, overwrite)
+    publish_dir(staging, run_dir, overwrite)
     return result
-
-
-def _publish(staging: Path, run_dir: Path, overwrite: bool) -> None:
-    """Rename the finished staging folder to ``run_dir`` (replacing it only if allowed)."""
-    old = None
-    if run_dir.exists():
-        if not overwrite:
-            raise OutputExistsError(f"run folder {run_dir} appeared meanwhile; nothing replaced")
-        old = run_dir.with_name(f".{run_dir.name}.{os.getpid()}.old")
-        os.replace(run_dir, old)
-    os.replace(staging, run_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def format_accuracies(train_acc: float, val_acc: float, test_acc: float) -> str:

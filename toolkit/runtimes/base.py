@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import UsageError
+from toolkit.manifest import BATCH_AXIS, Manifest
 from toolkit.registry import Registry
 
 
@@ -119,7 +120,7 @@ class Runner(abc.ABC):
         """Run the model once."""
 
 
-RUNTIMES: Registry[type[Runner]] = Registry("runtime")
+RUNTIMES: Registry[type[Runner]] = Registry("runtime", name_attribute="name")
 
 
 def artifact_folder(source: Any) -> Path:
@@ -127,3 +128,46 @@ def artifact_folder(source: Any) -> Path:
     if isinstance(source, str | Path) and Path(source).is_dir():
         return Path(source)
     raise UsageError(f"expected an exported artifact folder, got {source!r}")
+
+
+class ArtifactRunner(Runner):
+    """A runner for an exported artifact folder (``manifest.json`` plus its files).
+
+    The manifest is read on construction (so ``input_shape`` is known before loading);
+    :meth:`load` checks every file's sha256 against it before ``_load_artifact`` runs.
+    """
+
+    #: Suffix of the model files this runtime loads (".onnx", ".pt", ".pt2").
+    model_suffix: ClassVar[str]
+
+    def __init__(
+        self,
+        source: Any,
+        device: str = "cpu",
+        input_shape: tuple[int, ...] | None = None,
+        threads: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(source, device, input_shape, threads, **options)
+        self.folder = artifact_folder(source)
+        self.manifest = Manifest.load(self.folder)
+        if not self.manifest.model_file.endswith(self.model_suffix):
+            raise UsageError(
+                f"runtime '{self.name}' cannot run {self.folder}: it holds a "
+                f"'{self.manifest.format}' artifact ({self.manifest.model_file})"
+            )
+        if self.input_shape is None:
+            self.input_shape = tuple(int(s) for s in self.manifest.input_shape if s != BATCH_AXIS)
+
+    @property
+    def model_path(self) -> Path:
+        """The artifact's main file."""
+        return self.folder / self.manifest.model_file
+
+    def _load(self) -> None:
+        self.manifest.verify_files(self.folder)
+        self._load_artifact(self.model_path)
+
+    @abc.abstractmethod
+    def _load_artifact(self, path: Path) -> None:
+        """Load the (verified) model file onto ``self.device``."""

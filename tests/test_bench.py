@@ -1,0 +1,470 @@
+"""``toolkit bench``: protocol, statistics, verdicts, compare, outputs, every runtime.
+
+No test asserts a wall-clock speed: fake runners sleep deterministically and the
+assertions are about counts, structure and decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import requires_cuda, run_cli
+from toolkit import bench as B
+from toolkit.errors import CheckFailedError, UsageError
+from toolkit.models import build_model
+from toolkit.runtimes import RUNTIMES, Runner
+
+SHAPE = (1, 28, 28)
+FAST = B.TimingProtocol(
+    warmup_calls=2, warmup_time=0.0, min_calls=10, min_time=0.0, max_time=5.0, rounds=2
+)
+#: Artifact runtimes and the format each one runs; module runtimes run the network.
+ARTIFACT_FORMATS = {
+    "onnxruntime": "onnx",
+    "onnxruntime-iobinding": "onnx",
+    "torchscript": "torchscript",
+    "exported-program": "exported-program",
+}
+
+
+class SleepRunner(Runner):
+    """The eager network, slowed by a fixed sleep per call."""
+
+    name = "fake-sleep"
+    device_types = ("cpu",)
+    delay = 0.0005
+
+    def _load(self) -> None:
+        self.module = self.source.eval()
+
+    def _infer(self, prepared: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
+        with torch.inference_mode():
+            return self.module(prepared)
+
+
+class WrongRunner(SleepRunner):
+    """Fast and wrong: returns zeros."""
+
+    name = "fake-wrong"
+    delay = 0.0
+
+    def _infer(self, prepared: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(prepared.shape[0], 10)
+
+
+class CountingRunner(SleepRunner):
+    """Counts calls; no sleep."""
+
+    name = "fake-count"
+    delay = 0.0
+
+    def _load(self) -> None:
+        super()._load()
+        self.calls = 0
+
+    def _infer(self, prepared: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return prepared
+
+
+@pytest.fixture(scope="module")
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("mlp").eval()
+
+
+@pytest.fixture(scope="module")
+def artifacts(mlp: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from toolkit.export import export_model
+
+    out = tmp_path_factory.mktemp("bench-exports")
+    export_model(mlp, torch.randn(2, *SHAPE), sorted(set(ARTIFACT_FORMATS.values())), out)
+    return out
+
+
+def _specs(mlp: torch.nn.Module, *extra: tuple[str, type[Runner]]) -> list[B.RuntimeSpec]:
+    specs = [B.RuntimeSpec("eager", mlp)]
+    specs += [B.RuntimeSpec(name, mlp, runner_class=cls) for name, cls in extra]
+    return specs
+
+
+# -- statistics ----------------------------------------------------------------------------
+def test_latency_stats_on_known_samples() -> None:
+    s = B.latency_stats(np.arange(1, 101, dtype=float))
+    assert s["n"] == 100
+    assert s["min"] == 1 and s["max"] == 100
+    assert s["mean"] == pytest.approx(50.5)
+    assert s["p50"] == pytest.approx(50.5)
+    assert s["p90"] == pytest.approx(90.1)
+    assert s["p99"] == pytest.approx(99.01)
+    assert s["iqr"] == pytest.approx(75.25 - 25.75)
+    assert s["std"] == pytest.approx(np.std(np.arange(1, 101), ddof=1))
+    with pytest.raises(ValueError):
+        B.latency_stats(np.array([]))
+
+
+latencies = st.lists(
+    st.floats(min_value=1e-7, max_value=10.0, allow_nan=False), min_size=1, max_size=300
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(latencies)
+def test_percentiles_are_monotone(samples: list[float]) -> None:
+    s = B.latency_stats(np.array(samples))
+    assert s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert s["iqr"] >= 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(latencies, min_size=1, max_size=3),
+    st.lists(latencies, min_size=1, max_size=3),
+    st.integers(0, 2**16),
+)
+def test_bootstrap_ci_contains_the_point_estimate(
+    num: list[list[float]], den: list[list[float]], seed: int
+) -> None:
+    point, lo, hi = B.bootstrap_ratio_ci(
+        [np.array(x) for x in num], [np.array(x) for x in den], resamples=300, seed=seed
+    )
+    assert lo <= point <= hi
+
+
+def test_bootstrap_ci_of_a_known_ratio() -> None:
+    rng = np.random.default_rng(0)
+    base = [rng.normal(10, 1, 500), rng.normal(10, 1, 500)]
+    point, lo, hi = B.bootstrap_ratio_ci([2 * b for b in base], base)
+    assert point == pytest.approx(2.0)
+    assert lo < 2.0 < hi and hi - lo < 0.1
+    _, lo, hi = B.bootstrap_ratio_ci(base, [rng.normal(10, 1, 1000)])
+    assert lo < 1.0 < hi
+
+
+# -- protocol ------------------------------------------------------------------------------
+def test_protocol_respects_minimums_and_bounds(mlp: torch.nn.Module) -> None:
+    runner = CountingRunner(mlp)
+    x = runner.prepare(torch.randn(1, *SHAPE))
+    samples = B.time_calls(runner.infer, x, 37, 0.0, 1000, 10.0)
+    assert len(samples) == 37 == runner.calls  # every call recorded on its own
+    assert np.all(samples >= 0)
+    samples = B.time_calls(runner.infer, x, 5, 0.05, 10**7, 10.0)
+    assert len(samples) >= 5 and runner.calls == 37 + len(samples)
+    assert len(B.time_calls(runner.infer, x, 100, 0.0, 12, 10.0)) == 12  # max_calls
+    slow = SleepRunner(mlp)
+    cut = B.time_calls(slow.infer, slow.prepare(torch.randn(1, *SHAPE)), 10**6, 0.0, 10**7, 0.02)
+    assert 1 <= len(cut) < 10**6  # max_time ends a run that min_calls would make endless
+    assert B.warm_up(runner.infer, x, 7, 0.0) == 7
+
+
+def test_bench_rows_threads_rounds_and_fake_runner(mlp: torch.nn.Module) -> None:
+    report = B.bench(
+        _specs(mlp, ("fake-sleep", SleepRunner)), SHAPE, "cpu", [1, 4], threads=1, protocol=FAST
+    )
+    assert report.environment["threads"]["intra_op"] == 1
+    assert report.protocol["threads"] == 1 and torch.get_num_threads() == 1
+    assert report.protocol["io_boundary"] == B.IO_DEVICE
+    assert {(r.runtime, r.batch) for r in report.rows} == {
+        (n, b) for n in ("eager", "fake-sleep") for b in (1, 4)
+    }
+    for row in report.rows:
+        assert row.n >= FAST.min_calls and len(row.round_p50s_us) == FAST.rounds
+        assert row.min_us <= row.p50_us <= row.p90_us <= row.p99_us <= row.max_us
+        assert row.throughput_sps == pytest.approx(row.batch / (row.p50_us * 1e-6))
+        assert row.ratio_ci is not None and len(row.round_ratios or []) == FAST.rounds
+        assert row.parity == "PASS" and len(row.quantiles_us) == 101
+    fake = report.row("fake-sleep", "cpu", 1)
+    assert fake.p50_us >= SleepRunner.delay * 1e6  # it slept in every timed call
+    assert fake.parity_source == "quick-check"
+    assert [v.batch for v in report.verdicts] == [1, 4]
+
+
+def test_include_copies_is_stated(mlp: torch.nn.Module) -> None:
+    protocol = B.TimingProtocol(**{**FAST.__dict__, "include_copies": True})
+    report = B.bench(_specs(mlp), SHAPE, "cpu", [2], threads=1, protocol=protocol)
+    assert report.protocol["io_boundary"] == B.IO_COPIES
+    assert report.rows[0].n >= FAST.min_calls
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_cuda_without_gpu_is_reported_as_skipped(mlp: torch.nn.Module) -> None:
+    report = B.bench(_specs(mlp), SHAPE, "cpu,cuda", [1], threads=1, protocol=FAST)
+    assert any(s.device == "cuda" and "no CUDA" in s.reason for s in report.skipped)
+    assert {r.device for r in report.rows} == {"cpu"}
+    assert "cuda" in report.devices
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [torch.randn(4, 3, 28, 28), torch.randn(4, *SHAPE, dtype=torch.float64), np.zeros((4, 784))],
+)
+def test_wrong_inputs_give_one_usage_error(mlp: torch.nn.Module, inputs: Any) -> None:
+    with pytest.raises(UsageError) as info:
+        B.bench(_specs(mlp), SHAPE, "cpu", [1], threads=1, protocol=FAST, inputs=inputs)
+    assert "\n" not in str(info.value) and "bench inputs" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"devices": "tpu"}, "device"),
+        ({"batch_sizes": [0]}, "batch_sizes"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_bad_settings_are_usage_errors(mlp: torch.nn.Module, kwargs: dict, match: str) -> None:
+    args = {"devices": "cpu", "batch_sizes": [1], "threads": 1, "protocol": FAST, **kwargs}
+    with pytest.raises(UsageError, match=match):
+        B.bench(_specs(mlp), SHAPE, **args)
+
+
+# -- verdicts and parity -------------------------------------------------------------------
+def _row(runtime: str, p50: float, parity: str = "PASS", batch: int = 1, **kw: Any) -> B.BenchRow:
+    rng = np.random.default_rng(abs(hash((runtime, p50))) % 2**32)
+    rounds = [rng.normal(p50, p50 * 0.01, 400) for _ in range(3)]
+    st_ = B.latency_stats(np.concatenate(rounds))
+    return B.BenchRow(
+        runtime=runtime, format=kw.get("format"), device="cpu", batch=batch, n=st_["n"],
+        mean_us=st_["mean"], std_us=st_["std"], min_us=st_["min"], p50_us=st_["p50"],
+        p90_us=st_["p90"], p99_us=st_["p99"], max_us=st_["max"], iqr_us=st_["iqr"],
+        throughput_sps=batch / st_["p50"] * 1e6, throughput_mean_sps=0.0, load_s=0.0,
+        first_call_us=0.0, clock=B.CLOCK_CPU,
+        round_p50s_us=kw.get("round_p50s_us", [float(np.median(r)) for r in rounds]),
+        quantiles_us=list(np.percentile(np.concatenate(rounds), B.SKETCH_PERCENTILES)),
+        ratio_to_eager=kw.get("ratio"), ratio_ci=kw.get("ci"), parity=parity,
+    )  # fmt: skip
+
+
+def test_verdict_picks_the_fastest_passing_runtime() -> None:
+    rows = [
+        _row("eager", 100.0, ratio=1.0, ci=[0.98, 1.02]),
+        _row("fast-but-wrong", 5.0, "FAIL"),
+        _row("unchecked", 6.0, "UNCHECKED"),
+        _row("onnxruntime", 20.0, ratio=0.2, ci=[0.19, 0.21], format="onnx"),
+        _row("torchscript", 30.0),
+    ]
+    (verdict,) = B.choose_verdicts(rows, ["cpu"], [1])
+    assert (verdict.runtime, verdict.format) == ("onnxruntime", "onnx")
+    assert verdict.speedup_vs_eager == pytest.approx(5.0)
+    assert "fastest correct = onnxruntime (onnx)" in verdict.text and "5.00x eager" in verdict.text
+    assert verdict.excluded_faster == ["fast-but-wrong (fail)", "unchecked (unchecked)"]
+    (none,) = B.choose_verdicts([_row("x", 1.0, "FAIL")], ["cpu"], [1])
+    assert none.runtime is None and "no runtime passed" in none.text
+
+
+def test_faster_failing_runtime_is_not_chosen_end_to_end(mlp: torch.nn.Module) -> None:
+    report = B.bench(
+        _specs(mlp, ("fake-wrong", WrongRunner)), SHAPE, "cpu", [8], threads=1, protocol=FAST
+    )
+    wrong = report.row("fake-wrong", "cpu", 8)
+    assert wrong.parity == "FAIL" and "quick check" in (wrong.parity_detail or "")
+    assert report.verdicts[0].runtime == "eager"
+
+
+def test_parity_json_is_read(tmp_path: Path) -> None:
+    data = {
+        "device": "cpu",
+        "rows": [
+            {"name": "reference", "runtime": "eager", "format": "eager", "kind": "reference",
+             "status": "PASS"},
+            {"name": "reload:model.pt", "runtime": "eager", "format": "state_dict",
+             "kind": "reload", "status": "FAIL"},
+            {"name": "onnx", "runtime": "onnxruntime", "format": "onnx", "kind": "artifact",
+             "status": "FAIL", "reasons": ["max abs 1e-2 > atol"]},
+            {"name": "int8", "runtime": "onnxruntime", "format": "onnx-int8", "kind": "artifact",
+             "status": "SKIP"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "parity.json"
+    path.write_text(json.dumps(data))
+    statuses = B.read_parity(path)
+    assert statuses == {
+        ("eager", None, "cpu"): ("PASS", "PASS"),
+        ("onnxruntime", "onnx", "cpu"): ("FAIL", "max abs 1e-2 > atol"),
+    }
+    row = _row("onnxruntime", 10.0, "UNCHECKED", format="onnx")
+    B._parity_of(row, statuses, {})
+    assert (row.parity, row.parity_source) == ("FAIL", "parity.json")
+    path.write_text("{not json")
+    assert B.read_parity(path) == {}
+
+
+# -- compare -------------------------------------------------------------------------------
+def _report(*rows: B.BenchRow) -> B.BenchReport:
+    return B.BenchReport({}, {}, ["cpu"], [1], list(rows), [], [], "")
+
+
+def test_compare_flags_a_regression_beyond_threshold_and_noise() -> None:
+    old = _report(_row("eager", 100.0), _row("onnxruntime", 10.0, format="onnx"))
+    new = _report(_row("eager", 101.0), _row("onnxruntime", 15.0, format="onnx"))
+    changes = {c.runtime: c for c in B.compare_reports(old, new, 0.10)}
+    assert changes["onnxruntime"].status == "regressed"
+    assert changes["onnxruntime"].ratio_ci[0] > 1.10
+    assert changes["eager"].status == "unchanged"
+    assert changes["onnxruntime"].label == "onnxruntime (onnx)"
+
+
+def test_compare_treats_round_noise_and_small_changes_as_unchanged() -> None:
+    old = _report(_row("eager", 100.0, round_p50s_us=[100.0, 100.0, 100.0]))
+    noisy = _report(_row("eager", 125.0, round_p50s_us=[100.0, 125.0, 170.0]))
+    (change,) = B.compare_reports(old, noisy, 0.10)
+    assert change.status == "unchanged" and change.ratio == pytest.approx(1.25, rel=0.02)
+    (change,) = B.compare_reports(old, _report(_row("eager", 105.0)), 0.10)
+    assert change.status == "unchanged"
+    (change,) = B.compare_reports(old, _report(_row("eager", 50.0)), 0.10)
+    assert change.status == "improved"
+    statuses = {c.status for c in B.compare_reports(old, _report(_row("x", 1.0)), 0.10)}
+    assert statuses == {"new", "missing"}
+
+
+def test_report_json_round_trip(tmp_path: Path) -> None:
+    report = _report(_row("eager", 100.0))
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report.to_json()))
+    again = B.BenchReport.load(path)
+    assert again.rows[0].p50_us == pytest.approx(report.rows[0].p50_us)
+    path.write_text("[]")
+    with pytest.raises(UsageError):
+        B.BenchReport.load(path)
+
+
+# -- outputs -------------------------------------------------------------------------------
+def test_outputs_are_written_atomically(mlp: torch.nn.Module, tmp_path: Path, monkeypatch) -> None:
+    report = B.bench(_specs(mlp), SHAPE, "cpu", [1, 2], threads=1, protocol=FAST)
+    paths = B.write_outputs(report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["schema_version"] == B.SCHEMA_VERSION
+    assert "fastest correct" in paths["md"].read_text()
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "out").glob(".*partial"))
+
+    import matplotlib.figure
+
+    def killed(self: Any, fname: Any, **kwargs: Any) -> None:
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt  # as if the process were killed mid-write
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        B.write_outputs(report, tmp_path / "killed")
+    folder = tmp_path / "killed"
+    assert (folder / "bench.json").is_file() and not (folder / "bench.png").exists()
+    assert not list(folder.glob(".*partial"))
+
+
+def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: Path) -> None:
+    common = {
+        "checkpoint": str(trained_run / "model.ckpt"),
+        "exports": str(tmp_path / "no-exports"),
+        "runtimes": "eager",
+        "batch_sizes": [1],
+        "threads": 1,
+        "min_calls": 30,
+        "min_time": 0.02,
+        "rounds": 2,
+    }
+    first = B.bench_command(**common, output_dir=str(tmp_path / "a"))
+    old = first.to_json()
+    for row in old["rows"]:  # pretend the old run was ten times faster
+        for key in ("p50_us", "quantiles_us", "round_p50s_us"):
+            row[key] = np.divide(row[key], 10).tolist()
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(old))
+    with pytest.raises(CheckFailedError, match="regressed"):
+        B.bench_command(**common, output_dir=str(tmp_path / "b"), compare=str(old_path))
+    assert (tmp_path / "b" / "bench.json").is_file()  # written before failing
+    same = B.BenchReport.load(tmp_path / "a" / "bench.json")
+    assert {c.status for c in B.compare_reports(same, same)} == {"unchanged"}
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def test_cli_bench_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "bench", "--checkpoint", str(trained_run / "model.ckpt"), "--device", "cpu,cuda",
+        "--batch_sizes", "[1,8]", "--min_time", "0.05", "--min_calls", "20", "--rounds", "1",
+        "--runtimes", "[eager,torch-compile]", "--threads", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "exports" / trained_run.name
+    for name in ("bench.json", "bench.md", "bench.png"):
+        assert (folder / name).is_file()
+    data = json.loads((folder / "bench.json").read_text())
+    assert {(r["runtime"], r["batch"]) for r in data["rows"]} == {
+        (n, b) for n in ("eager", "torch-compile") for b in (1, 8)
+    }
+    assert data["environment"]["threads"]["intra_op"] == 1
+    assert "verdict cpu batch 1: fastest correct" in result.stdout
+    if not torch.cuda.is_available():
+        assert "on cuda: skipped (no CUDA device)" in result.stdout
+        assert any(s["device"] == "cuda" for s in data["skipped"])
+
+
+def test_wrong_input_file_gives_one_usage_error(trained_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 3, 28, 28), dtype=np.float32))
+    args = {"checkpoint": str(trained_run / "model.ckpt"), "output_dir": str(tmp_path / "out")}
+    with pytest.raises(UsageError) as info:
+        B.bench_command(**args, inputs=str(bad))
+    assert "\n" not in str(info.value) and "shape (N, 1, 28, 28)" in str(info.value)
+    np.save(bad, np.zeros((4, 1, 28, 28), dtype=np.float64))
+    with pytest.raises(UsageError, match="float32"):
+        B.bench_command(**args, inputs=str(bad))
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+# -- every registered runtime --------------------------------------------------------------
+def _runtime_param(name: str) -> Any:
+    if "cuda" in RUNTIMES.get(name).device_types and "cpu" not in RUNTIMES.get(name).device_types:
+        return pytest.param(name, "cuda", marks=requires_cuda, id=f"{name}-cuda")
+    return pytest.param(name, "cpu", id=f"{name}-cpu")
+
+
+def test_every_registered_runtime_has_a_source() -> None:
+    for name in RUNTIMES.names():
+        assert name in B.MODULE_RUNTIMES or name in ARTIFACT_FORMATS, f"{name} has no bench test"
+
+
+@pytest.mark.parametrize(("runtime", "device"), [_runtime_param(n) for n in RUNTIMES.names()])
+def test_every_runtime_benchmarks(
+    runtime: str, device: str, mlp: torch.nn.Module, artifacts: Path
+) -> None:
+    fmt = ARTIFACT_FORMATS.get(runtime)
+    source = mlp if fmt is None else artifacts / fmt
+    specs = [B.RuntimeSpec("eager", mlp)]
+    if runtime != "eager":
+        specs.append(B.RuntimeSpec(runtime, source, fmt))
+    report = B.bench(specs, SHAPE, device, [1, 3], threads=1, protocol=FAST)
+    assert not [s for s in report.skipped if s.runtime == runtime], report.skipped
+    for batch in (1, 3):
+        row = report.row(runtime, device, batch, fmt)
+        assert row.n >= FAST.min_calls and math.isfinite(row.p50_us)
+        assert row.parity == "PASS", row.parity_detail
+        assert row.load_s >= 0 and row.first_call_us > 0
+
+
+def test_torch_compile_recompile_during_measurement_is_an_error(mlp: torch.nn.Module) -> None:
+    from toolkit.runtimes.compile import RecompileError
+
+    torch._dynamo.reset()  # forget shapes earlier tests compiled at
+    runner = RUNTIMES.get("torch-compile")(mlp, input_shape=SHAPE, threads=1, dynamic=False)
+    runner.infer(runner.prepare(torch.randn(2, *SHAPE)))
+    with pytest.raises(RecompileError, match="recompiled"):
+        runner.infer(torch.randn(5, *SHAPE))  # a shape it never warmed up at
+
+
+@requires_cuda
+def test_cuda_graph_replays_match_eager(mlp: torch.nn.Module) -> None:
+    runner = RUNTIMES.get("cuda-graph")(mlp, device="cuda", input_shape=SHAPE)
+    x = torch.randn(4, *SHAPE)
+    expected = mlp.cuda()(x.cuda()).detach().cpu().numpy()
+    np.testing.assert_allclose(runner(x), expected, atol=1e-5)

@@ -1,0 +1,442 @@
+"""Export: every registered format, manifests, atomic outputs, pre-export checks, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import requires_cuda, run_cli
+from toolkit.errors import ExportError, OutputExistsError, UnknownNameError, UsageError
+from toolkit.export import export_command, export_model, resolve_formats
+from toolkit.formats import FORMATS
+from toolkit.manifest import Manifest, sha256_file
+from toolkit.models import build_model
+from toolkit.reload import load_network
+
+BATCHES = (1, 7)
+
+# How each format's artifact is loaded by its own library alone (no toolkit import).
+# A new format must add its loader here: test_every_format_has_a_test fails otherwise.
+PLAIN_LOADERS = {
+    "torchscript": (
+        "import torch\nm = torch.jit.load(path)\n"
+        "run = lambda x: m(torch.from_numpy(x)).detach().numpy()"
+    ),
+    "exported-program": (
+        "import torch\nm = torch.export.load(path).module()\n"
+        "run = lambda x: m(torch.from_numpy(x)).detach().numpy()"
+    ),
+    "onnx": (
+        "import onnxruntime as ort\n"
+        "s = ort.InferenceSession(path, providers=['CPUExecutionProvider'])\n"
+        "run = lambda x: s.run(None, {'input': x})[0]"
+    ),
+}
+PLAIN_LOADERS["onnx-fp16"] = PLAIN_LOADERS["onnx-int8"] = PLAIN_LOADERS["onnx"]
+
+PLAIN_SCRIPT = """
+import sys
+import numpy as np
+folder, jobs = sys.argv[1], sys.argv[2:]
+for fmt, path in zip(jobs[::2], jobs[1::2]):
+    namespace = {{"path": path}}
+    exec(LOADERS[fmt], namespace)
+    for b in {batches}:
+        out = namespace["run"](np.load(f"{{folder}}/in{{b}}.npy"))
+        np.save(f"{{folder}}/{{fmt}}-out{{b}}.npy", np.asarray(out, dtype=np.float32))
+assert not any(m == "toolkit" or m.startswith("toolkit.") for m in sys.modules), "toolkit imported"
+"""
+
+
+def inputs(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed + batch))
+
+
+def eager(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(x).numpy()
+
+
+def assert_close(fmt: str, got: np.ndarray, want: np.ndarray) -> None:
+    cls = FORMATS.get(fmt)
+    np.testing.assert_allclose(got, want, atol=cls.atol, rtol=cls.rtol)
+    if not cls.judged_by_labels:
+        assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def run_without_toolkit(artifacts: dict[str, Path], tmp_path: Path) -> dict[str, dict]:
+    """Outputs at each batch size of each artifact, loaded by its library in a subprocess."""
+    for b in BATCHES:
+        np.save(tmp_path / f"in{b}.npy", inputs(b).numpy())
+    script = f"LOADERS = {PLAIN_LOADERS!r}\n" + PLAIN_SCRIPT.format(batches=BATCHES)
+    jobs = [str(item) for fmt, path in artifacts.items() for item in (fmt, path)]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), *jobs],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the repository: toolkit is not importable from the cwd
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {fmt: {b: np.load(tmp_path / f"{fmt}-out{b}.npy") for b in BATCHES} for fmt in artifacts}
+
+
+def run_onnx(path: Path) -> dict[int, np.ndarray]:
+    """Outputs at each batch size from a plain onnxruntime session (in this process)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {b: session.run(None, {"input": inputs(b).numpy()})[0] for b in BATCHES}
+
+
+@pytest.fixture(scope="module")
+def mlp_exports(
+    tmp_path_factory: pytest.TempPathFactory, trained_run: Path
+) -> tuple[Path, dict[str, Manifest], nn.Module]:
+    """The trained tiny mlp exported to every format with the defaults (dynamo)."""
+    checkpoint = trained_run / "model.ckpt"
+    network = load_network(checkpoint)
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    manifests = export_model(network, None, "all", out, source_checkpoint=checkpoint, network="mlp")
+    return out, manifests, network
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(mlp_exports: tuple, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every mlp artifact's outputs, computed without toolkit (one subprocess for all)."""
+    out, manifests, _ = mlp_exports
+    artifacts = {fmt: out / fmt / m.model_file for fmt, m in manifests.items()}
+    return run_without_toolkit(artifacts, tmp_path_factory.mktemp("plain"))
+
+
+def test_every_format_has_a_test() -> None:
+    assert set(FORMATS.names()) == set(PLAIN_LOADERS), "add the new format to PLAIN_LOADERS"
+
+
+@pytest.mark.parametrize("fmt", FORMATS.names())
+def test_artifact_matches_eager_without_toolkit(
+    fmt: str, mlp_exports: tuple, plain_outputs: dict
+) -> None:
+    network = mlp_exports[2]
+    for b in BATCHES:
+        assert plain_outputs[fmt][b].shape == (b, 10)
+        assert_close(fmt, plain_outputs[fmt][b], eager(network, inputs(b)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS.names())
+def test_manifest_describes_the_artifact(fmt: str, mlp_exports: tuple, trained_run: Path) -> None:
+    out, manifests, _ = mlp_exports
+    folder = out / fmt
+    manifest = Manifest.load(folder)
+    assert manifest == manifests[fmt]
+    assert manifest.format == fmt and manifest.runtime == FORMATS.get(fmt).runtime
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["manifest.json", *(f.name for f in manifest.files)]
+    )
+    for entry in manifest.files:
+        assert entry.sha256 == sha256_file(folder / entry.name)
+        assert entry.size == (folder / entry.name).stat().st_size
+    manifest.verify_files(folder)
+    assert manifest.model_file.endswith(FORMATS.get(fmt).suffix)
+    assert manifest.input_shape == ["batch", 1, 28, 28]
+    assert (manifest.input_name, manifest.input_dtype) == ("input", "float32")
+    assert manifest.output_names == ["logits"]
+    assert manifest.network == "mlp"
+    assert manifest.source_checkpoint == str(trained_run / "model.ckpt")
+    assert manifest.source_sha256 == sha256_file(trained_run / "model.ckpt")
+    assert manifest.export_seconds > 0
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest.versions)
+    if fmt.startswith("onnx"):
+        import onnx
+
+        proto = onnx.load(str(folder / manifest.model_file))
+        assert manifest.ir_version == proto.ir_version
+        assert manifest.opset == next(o.version for o in proto.opset_import if o.domain == "")
+        assert "dynamo" in manifest.exporter
+    else:
+        assert manifest.opset is None and manifest.ir_version is None
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "leftover temporary files"
+
+
+def test_torchscript_is_marked_legacy(mlp_exports: tuple) -> None:
+    notes = " ".join(mlp_exports[1]["torchscript"].notes)
+    assert "legacy" in notes and "traced" in notes
+
+
+def test_legacy_exporter_and_opset(tmp_path: Path) -> None:
+    model = build_model("mlp")
+    manifest = export_model(
+        model, inputs(3), "onnx", tmp_path, exporter="legacy", opset=17, network="mlp"
+    )["onnx"]
+    assert manifest.exporter == "torch.onnx.export (legacy)" and manifest.opset == 17
+    outputs = run_onnx(tmp_path / "onnx" / "model.onnx")
+    for b in BATCHES:
+        assert_close("onnx", outputs[b], eager(model, inputs(b)))
+
+
+def test_unknown_exporter_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unknown exporter 'jit'; available: dynamo, legacy"):
+        export_model(build_model("mlp"), None, "onnx", tmp_path, exporter="jit")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_external_data_file_is_listed_and_loads(tmp_path: Path) -> None:
+    model = build_model("mlp")
+    manifest = export_model(model, None, "onnx", tmp_path, exporter="legacy", external_data=True)[
+        "onnx"
+    ]
+    roles = {f.name: f.role for f in manifest.files}
+    assert roles == {"model.onnx": "model", "model.onnx.data": "external-data"}
+    assert (tmp_path / "onnx" / "model.onnx").stat().st_size < 10_000  # weights are outside
+    outputs = run_onnx(tmp_path / "onnx" / "model.onnx")
+    assert_close("onnx", outputs[7], eager(model, inputs(7)))
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path: Path) -> None:
+    model = build_model("mlp")
+    export_model(model, None, "torchscript", tmp_path)
+    artifact = tmp_path / "torchscript" / "model.pt"
+    before = sha256_file(artifact)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        export_model(model, None, ["onnx", "torchscript"], tmp_path, script=True)
+    assert sha256_file(artifact) == before
+    assert not (tmp_path / "onnx").exists(), "nothing is exported when one output exists"
+    manifest = export_model(model, None, "torchscript", tmp_path, overwrite=True, script=True)
+    assert manifest["torchscript"].exporter == "torch.jit.script"
+    assert sha256_file(artifact) != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["torchscript"]
+
+
+def test_failed_overwrite_keeps_the_old_artifact(tmp_path: Path, monkeypatch) -> None:
+    model = build_model("mlp")
+    export_model(model, None, "torchscript", tmp_path)
+    before = sha256_file(tmp_path / "torchscript" / "model.pt")
+
+    def broken(self, model, example_input, out_dir, **options):
+        (out_dir / "model.pt").write_bytes(b"half")
+        raise ExportError("exporter crashed")
+
+    monkeypatch.setattr(FORMATS.get("torchscript"), "export", broken)
+    with pytest.raises(ExportError, match="crashed"):
+        export_model(model, None, "torchscript", tmp_path, overwrite=True)
+    assert sha256_file(tmp_path / "torchscript" / "model.pt") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["torchscript"]
+
+
+def test_killed_export_leaves_no_partial_folder(tmp_path: Path) -> None:
+    model = build_model("mlp")
+    export_model(model, None, "torchscript", tmp_path)
+    before = sha256_file(tmp_path / "torchscript" / "model.pt")
+    script = f"""
+import os, signal
+from toolkit.export import export_model
+from toolkit.formats import FORMATS
+from toolkit.models import build_model
+
+def killed(self, model, example_input, out_dir, **options):
+    (out_dir / "model.pt").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+for name in ("torchscript", "onnx"):
+    FORMATS.get(name).export = killed
+export_model(build_model("mlp"), None, ["onnx", "torchscript"], {str(tmp_path)!r}, overwrite=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[-1] == "torchscript" and all(n.endswith(".partial") for n in names[:-1])
+    assert sha256_file(tmp_path / "torchscript" / "model.pt") == before
+    export_model(model, None, "torchscript", tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["torchscript"], "stale partials stay"
+
+
+# -- pre-export checks ---------------------------------------------------------------------
+class StuckInTraining(nn.Module):
+    """A module whose train() override ignores mode=False: eval() does not reach Dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5))
+
+    def train(self, mode: bool = True) -> StuckInTraining:
+        return super().train(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class RandomForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.fc(x.flatten(1)), 0.5, training=True)
+
+
+class FixedBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(2, 784))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_eval_mode_is_set_and_reported(tmp_path: Path, capsys) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5)).train()
+    manifest = export_model(model, inputs(4), "torchscript", tmp_path)["torchscript"]
+    assert "toolkit: put Sequential in eval mode for export" in capsys.readouterr().err
+    assert not any(m.training for m in model.modules())
+    assert manifest.input_shape == ["batch", 1, 28, 28]
+    loaded = torch.jit.load(str(tmp_path / "torchscript" / "model.pt"))
+    np.testing.assert_allclose(eager(loaded, inputs(7)), eager(model, inputs(7)), atol=1e-5)
+
+
+def test_module_left_in_training_mode_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"still in training mode after eval\(\).*Dropout"):
+        export_model(StuckInTraining(), inputs(2), "onnx", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_random_forward_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="different outputs for the same input"):
+        export_model(RandomForward(), inputs(2), "torchscript", tmp_path)
+
+
+def test_batchnorm_using_batch_statistics_is_an_error(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False), nn.Flatten())
+    with pytest.raises(ExportError, match="track_running_stats=False"):
+        export_model(model, inputs(2), "torchscript", tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_batch_dependent_model_is_an_error(fmt: str, tmp_path: Path) -> None:
+    with pytest.raises(ExportError):
+        export_model(FixedBatch(), inputs(2), fmt, tmp_path)
+    assert not (tmp_path / fmt).exists()
+
+
+def test_missing_example_input_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no example input"):
+        export_model(nn.Sequential(nn.Linear(4, 2)), None, "onnx", tmp_path)
+
+
+def test_example_batch_of_one_is_widened(tmp_path: Path, capsys) -> None:
+    model = build_model("mlp")
+    export_model(model, inputs(1), "onnx", tmp_path, exporter="legacy")
+    assert "example batch of 1 repeated to 2" in capsys.readouterr().err
+    outputs = run_onnx(tmp_path / "onnx" / "model.onnx")
+    assert_close("onnx", outputs[7], eager(model, inputs(7)))
+
+
+def test_parameters_on_the_meta_device_are_an_error(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10, device="meta"), nn.Linear(10, 10))
+    with pytest.raises(ExportError, match="meta"):
+        export_model(model, inputs(2), "onnx", tmp_path)
+
+
+@requires_cuda
+def test_parameters_split_across_devices_are_an_error(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10).cuda(), nn.Linear(10, 10))
+    with pytest.raises(ExportError, match="split across devices"):
+        export_model(model, inputs(2), "onnx", tmp_path)
+
+
+def test_lightning_module_exports_its_network(tmp_path: Path) -> None:
+    from toolkit.module import LightningModel
+
+    lightning_model = LightningModel(network="mlp").train()
+    manifest = export_model(lightning_model, None, "exported-program", tmp_path)
+    loaded = torch.export.load(str(tmp_path / "exported-program" / "model.pt2")).module()
+    with torch.no_grad():
+        got = loaded(inputs(7)).numpy()
+    np.testing.assert_allclose(got, eager(lightning_model.model, inputs(7)), atol=1e-6)
+    assert manifest["exported-program"].input_shape == ["batch", 1, 28, 28]
+    assert not lightning_model.model.training
+
+
+def test_format_names() -> None:
+    assert resolve_formats("onnx, torchscript,onnx") == ["onnx", "torchscript"]
+    assert resolve_formats(["all"]) == FORMATS.names()
+    with pytest.raises(UnknownNameError) as info:
+        resolve_formats(["onnx", "onx"])
+    assert str(info.value) == (
+        "unknown format 'onx'; available: exported-program, onnx, onnx-fp16, onnx-int8, torchscript"
+    )
+
+
+def test_export_command_from_state_dict(tmp_path: Path, trained_run: Path) -> None:
+    weights = trained_run / "model.pt"
+    manifests = export_command(str(weights), "torchscript", output_dir=str(tmp_path))
+    assert manifests["torchscript"].source_sha256 == sha256_file(weights)
+    assert manifests["torchscript"].network == "mlp"
+
+
+def test_resnet18_exports_to_onnx_and_exported_program(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18")
+    # Non-trivial BatchNorm statistics, so eval vs training mode would show.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    model.train()
+    export_model(model, None, ["onnx", "exported-program"], tmp_path)
+    onnx_outputs = run_onnx(tmp_path / "onnx" / "model.onnx")
+    program = torch.export.load(str(tmp_path / "exported-program" / "model.pt2")).module()
+    for b in BATCHES:
+        want = eager(model, inputs(b))
+        assert_close("onnx", onnx_outputs[b], want)
+        with torch.no_grad():
+            assert_close("exported-program", program(inputs(b)).numpy(), want)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def test_cli_exports_listed_formats(tmp_path: Path, trained_run: Path) -> None:
+    checkpoint = trained_run / "model.ckpt"
+    proc = run_cli(
+        "export", "--checkpoint", str(checkpoint), "--format", "onnx,torchscript",
+        "--output_dir", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "torchscript"]
+    lines = proc.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["onnx", "torchscript"]
+    assert "model.onnx" in lines[0] and "MiB" in lines[0] and lines[0].endswith(" s")
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["source_sha256"] == sha256_file(checkpoint)
+    assert manifest["network"] == "mlp"
+
+
+def test_cli_exports_all_formats_to_the_default_folder(tmp_path: Path, trained_run: Path) -> None:
+    run_dir = tmp_path / "my-run"
+    shutil.copytree(trained_run, run_dir)
+    args = ["export", "--checkpoint", str(run_dir / "model.safetensors"), "--format", "all"]
+    proc = run_cli(*args, "--exporter", "legacy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "exports" / "my-run"
+    assert sorted(p.name for p in out.iterdir()) == FORMATS.names()
+    assert [ln.split()[0] for ln in proc.stdout.strip().splitlines()] == FORMATS.names()
+
+
+def test_cli_unknown_format_is_one_line(tmp_path: Path, trained_run: Path) -> None:
+    proc = run_cli(
+        "export", "--checkpoint", str(trained_run / "model.ckpt"), "--format", "onx", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "toolkit: error: unknown format 'onx'; available: exported-program, onnx, onnx-fp16, "
+        "onnx-int8, torchscript"
+    ]
+    assert not (tmp_path / "exports").exists()

@@ -1,0 +1,1403 @@
+"""``toolkit bench``: latency and throughput of every runtime, side by side, same protocol.
+
+Protocol (:func:`measure`), the same for every runtime, device and batch size:
+
+1. Cold start: the runner's ``load()`` time, then the wall time of the first
+   ``prepare + infer + synchronize`` at each batch size (for ``torch-compile`` this holds
+   the compile, for ``cuda-graph`` the capture).
+2. Warm-up (:func:`warm_up`): at least ``warmup_calls`` calls and ``warmup_time`` seconds.
+3. Rounds: the runtimes are interleaved (A B C, B C A, C A B, ...) in ``rounds`` rounds in
+   one process, because this class of machine switches speed modes over seconds; each
+   round times every runtime for at least ``min_calls / rounds`` calls and
+   ``min_time / rounds`` seconds, stopping early only at ``max_calls`` or ``max_time``.
+   Every call is timed on its own and kept.
+4. Clocks: on CPU ``time.perf_counter_ns`` around each call. On CUDA a pair of
+   ``torch.cuda.Event`` around each call, followed by a wait on the end event, so queued
+   asynchronous work is counted (the wall time with that wait is kept as well).
+5. I/O boundary: by default inputs are already on the device (``prepare`` runs outside the
+   timed region) and outputs stay there; with ``include_copies`` each timed call is
+   ``prepare`` (host to device) + ``infer`` + ``to_numpy`` (device to host), timed on the
+   wall clock. The report states which one was used.
+6. Threads: ``torch.set_num_threads(threads)`` and ``threads=`` to every runner (ONNX
+   Runtime's intra-op pool); the default is every core this process may use.
+
+Statistics per (runtime, device, batch): mean, std, min, p50, p90, p99, max, IQR and the
+number of calls; throughput (batch / p50, and batch * calls / total time); the p50 of each
+round; the ratio of the p50 to eager's p50 with a stratified (by round) percentile
+bootstrap confidence interval, and the same ratio round by round.
+
+The verdict for each (device, batch) names the fastest runtime whose parity passed
+(``parity.json`` of ``toolkit verify`` when it covers the row's runtime, format and
+device; otherwise a quick check against eager on random inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolkit.errors import CheckFailedError, ToolkitError, UsageError
+from toolkit.runtimes import RUNTIMES, Runner
+
+SCHEMA_VERSION = 1
+DEFAULT_BATCH_SIZES = (1, 8, 64, 256)
+BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
+PARITY_JSON = "parity.json"
+#: Runtimes built from the network itself rather than from an exported artifact.
+MODULE_RUNTIMES = ("eager", "torch-compile", "cuda-graph")
+#: Extra runtimes run on artifacts of a format besides the manifest's (as ``toolkit verify``).
+EXTRA_RUNTIMES: dict[str, tuple[str, ...]] = {"onnx": ("onnxruntime-iobinding",)}
+#: Runtimes that run on torch's current CUDA stream, so CUDA events time them exactly.
+TORCH_STREAM_RUNTIMES = frozenset(
+    {"eager", "torch-compile", "cuda-graph", "torchscript", "exported-program"}
+)
+CLOCK_CPU = "perf_counter_ns per call"
+CLOCK_CUDA_EVENTS = "cuda events per call (then wait on the end event)"
+CLOCK_CUDA_WALL = "perf_counter_ns per call with device synchronize"
+IO_DEVICE = "inputs already on the device; prepare() untimed, outputs left on the device"
+IO_COPIES = "host->device copy + infer + device->host copy timed per call (--include_copies)"
+#: Bootstrap settings (fixed seed, so a report reproduces from its samples).
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_CONFIDENCE, BOOTSTRAP_SEED = 1000, 0.95, 0
+#: Draws per side in a bootstrap resample (caps memory and time; widens the interval a bit).
+BOOTSTRAP_MAX_DRAWS = 3000
+#: Batch size of the quick parity check (closest to it among the benchmarked sizes).
+QUICK_CHECK_BATCH, QUICK_CHECK_BATCHES = 8, 4
+DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
+PASS, FAIL, UNCHECKED = "PASS", "FAIL", "UNCHECKED"
+#: Percentiles stored per row (0..100) so ``--compare`` can bootstrap an old report.
+SKETCH_PERCENTILES = np.arange(101)
+
+
+# -- protocol ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TimingProtocol:
+    """How every (runtime, device, batch) is timed; see the module docstring."""
+
+    warmup_calls: int = 20
+    warmup_time: float = 0.2
+    min_calls: int = 200
+    min_time: float = 1.0
+    max_calls: int = 1_000_000
+    max_time: float = 30.0
+    rounds: int = 3
+    include_copies: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` for settings that cannot be honoured."""
+        for name in ("warmup_calls", "min_calls", "max_calls", "rounds"):
+            if int(getattr(self, name)) < (0 if name == "warmup_calls" else 1):
+                raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_time", "min_time", "max_time"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise UsageError(f"--{name} must be a non-negative number, got {value}")
+        if self.max_calls < self.min_calls:
+            raise UsageError(f"--max_calls ({self.max_calls}) is below --min_calls")
+
+    @property
+    def io_boundary(self) -> str:
+        """The I/O boundary in words."""
+        return IO_COPIES if self.include_copies else IO_DEVICE
+
+
+def warm_up(call: Callable[[Any], Any], arg: Any, calls: int, seconds: float) -> int:
+    """Call ``call(arg)`` at least ``calls`` times and for at least ``seconds``; returns calls."""
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    n = 0
+    while n < calls or clock() < deadline:
+        call(arg)
+        n += 1
+    return n
+
+
+def time_calls(
+    call: Callable[[Any], Any],
+    arg: Any,
+    min_calls: int,
+    min_time: float,
+    max_calls: int,
+    max_time: float,
+) -> np.ndarray:
+    """Time ``call(arg)`` call by call on ``perf_counter_ns`` until both minimums are met.
+
+    Stops after ``min_calls`` calls and ``min_time`` seconds, or at ``max_calls`` calls, or
+    after ``max_time`` seconds (then possibly below ``min_calls``). The loop does nothing
+    but the two clock reads and one list store per call, with the garbage collector off
+    (as ``timeit``), so that it adds as little as possible to what it measures.
+
+    Returns:
+        The latency of every call in seconds (float64).
+    """
+    clock = time.perf_counter_ns
+    samples = [0] * max_calls
+    n = 0
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        begin = clock()
+        enough = begin + int(min_time * 1e9)
+        give_up = begin + int(max_time * 1e9)
+        while n < max_calls:
+            t0 = clock()
+            call(arg)
+            t1 = clock()
+            samples[n] = t1 - t0
+            n += 1
+            if (n >= min_calls and t1 >= enough) or t1 >= give_up:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return np.asarray(samples[:n], dtype=np.float64) * 1e-9
+
+
+def time_calls_cuda(
+    call: Callable[[Any], Any],
+    arg: Any,
+    min_calls: int,
+    min_time: float,
+    max_calls: int,
+    max_time: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Time ``call(arg)`` on CUDA with an event pair per call, waiting on the end event.
+
+    The wait after each call keeps calls from overlapping, so each sample is one call's
+    latency including its launch overhead; it is not inside the event pair.
+
+    Returns:
+        (event latencies, wall-clock latencies including the wait), in seconds.
+    """
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    clock = time.perf_counter_ns
+    events_ms: list[float] = []
+    wall_ns: list[int] = []
+    torch.cuda.synchronize()
+    begin = clock()
+    enough = begin + int(min_time * 1e9)
+    give_up = begin + int(max_time * 1e9)
+    while len(events_ms) < max_calls:
+        t0 = clock()
+        start.record()
+        call(arg)
+        end.record()
+        end.synchronize()
+        t1 = clock()
+        events_ms.append(start.elapsed_time(end))
+        wall_ns.append(t1 - t0)
+        if (len(events_ms) >= min_calls and t1 >= enough) or t1 >= give_up:
+            break
+    return np.asarray(events_ms) * 1e-3, np.asarray(wall_ns, dtype=np.float64) * 1e-9
+
+
+# -- statistics ----------------------------------------------------------------------------
+def latency_stats(samples: np.ndarray) -> dict[str, float]:
+    """Summary statistics of per-call latencies (seconds in, seconds out).
+
+    Percentiles use numpy's linear interpolation and are made monotone, so
+    ``min <= p25 <= p50 <= p75 <= p90 <= p99 <= max`` always holds.
+
+    Raises:
+        ValueError: no samples.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("no samples")
+    q = np.maximum.accumulate(np.percentile(s, [0, 25, 50, 75, 90, 99, 100]))
+    return {
+        "n": int(s.size),
+        "mean": float(s.mean()),
+        "std": float(s.std(ddof=1)) if s.size > 1 else 0.0,
+        "min": float(q[0]),
+        "p25": float(q[1]),
+        "p50": float(q[2]),
+        "p75": float(q[3]),
+        "p90": float(q[4]),
+        "p99": float(q[5]),
+        "max": float(q[6]),
+        "iqr": float(q[3] - q[1]),
+        "total": float(s.sum()),
+    }
+
+
+def _resampled_medians(
+    strata: Sequence[np.ndarray], resamples: int, rng: np.random.Generator, cap: int
+) -> np.ndarray:
+    # Scale every stratum by the same factor, so the strata keep their weights in the
+    # pooled median (rounds with more calls count more, as in the point estimate).
+    total = sum(s.size for s in strata)
+    scale = min(1.0, cap / total)
+    parts = []
+    for values in strata:
+        size = max(1, round(values.size * scale))
+        parts.append(values[rng.integers(0, values.size, size=(resamples, size))])
+    return np.median(np.concatenate(parts, axis=1), axis=1)
+
+
+def bootstrap_ratio_ci(
+    numerator: Sequence[np.ndarray],
+    denominator: Sequence[np.ndarray],
+    confidence: float = BOOTSTRAP_CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    max_draws: int = BOOTSTRAP_MAX_DRAWS,
+) -> tuple[float, float, float]:
+    """Median ratio ``median(numerator) / median(denominator)`` with a bootstrap CI.
+
+    A percentile bootstrap, stratified: each resample draws with replacement within each
+    stratum (round) of each side, in proportion to the stratum's size and at most
+    ``max_draws`` values per side (fewer draws than samples give a wider, more cautious
+    interval), then takes the ratio of the pooled medians.
+
+    Args:
+        numerator: Samples of the numerator, one array per stratum.
+        denominator: Samples of the denominator, one array per stratum.
+        confidence: Two-sided confidence level.
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling (results are reproducible).
+        max_draws: Cap on the draws per side and resample.
+
+    Returns:
+        (point estimate, lower bound, upper bound).
+    """
+    num = [np.asarray(s, dtype=np.float64) for s in numerator if len(s)]
+    den = [np.asarray(s, dtype=np.float64) for s in denominator if len(s)]
+    if not num or not den:
+        raise ValueError("bootstrap needs samples on both sides")
+    point = float(np.median(np.concatenate(num)) / np.median(np.concatenate(den)))
+    rng = np.random.default_rng(seed)
+    ratios = _resampled_medians(num, resamples, rng, max_draws) / _resampled_medians(
+        den, resamples, rng, max_draws
+    )
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(ratios, [100 * alpha, 100 * (1 - alpha)])
+    return point, float(lo), float(hi)
+
+
+def sample_from_sketch(quantiles: Sequence[float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``n`` values from the distribution given by its percentiles 0..100."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    grid = np.linspace(0.0, 100.0, q.size)
+    return np.interp(rng.uniform(0.0, 100.0, size=n), grid, q)
+
+
+# -- environment ---------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _gpu_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+def collect_environment(threads: int, devices: Sequence[str]) -> dict[str, Any]:
+    """CPU, GPU, versions and thread settings behind the numbers."""
+    env: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "threads": {
+            "intra_op": threads,
+            "torch_num_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "onnxruntime_intra_op": threads,
+            **{
+                var: os.environ.get(var)
+                for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                if os.environ.get(var)
+            },
+        },
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "onnx": _version("onnx"),
+        "cuda_runtime": torch.version.cuda,
+        "gpu": None,
+        "driver": None,
+    }
+    if any(d.startswith("cuda") for d in devices) and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        env["driver"] = _gpu_driver()
+    return env
+
+
+# -- report data ---------------------------------------------------------------------------
+def _label(runtime: str, fmt: str | None) -> str:
+    return runtime if fmt in (None, runtime) else f"{runtime} ({fmt})"
+
+
+@dataclasses.dataclass
+class BenchRow:
+    """Latency statistics of one (runtime, format, device, batch); times in microseconds."""
+
+    runtime: str
+    format: str | None
+    device: str
+    batch: int
+    n: int
+    mean_us: float
+    std_us: float
+    min_us: float
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    max_us: float
+    iqr_us: float
+    throughput_sps: float
+    throughput_mean_sps: float
+    load_s: float
+    first_call_us: float
+    clock: str
+    round_p50s_us: list[float]
+    quantiles_us: list[float]
+    ratio_to_eager: float | None = None
+    ratio_ci: list[float] | None = None
+    round_ratios: list[float] | None = None
+    wall_p50_us: float | None = None
+    below_min_calls: bool = False
+    parity: str = UNCHECKED
+    parity_source: str | None = None
+    parity_detail: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``runtime`` or ``runtime (format)``."""
+        return _label(self.runtime, self.format)
+
+    @property
+    def key(self) -> tuple[str, str | None, str, int]:
+        """Identity of the row across reports."""
+        return (self.runtime, self.format, self.device, self.batch)
+
+
+@dataclasses.dataclass
+class Skipped:
+    """Something that was asked for and not measured, with the reason."""
+
+    runtime: str
+    device: str
+    reason: str
+    format: str | None = None
+    batch: int | None = None
+
+    def text(self) -> str:
+        """One line for the terminal and the Markdown report."""
+        what = _label(self.runtime, self.format)
+        where = self.device if self.batch is None else f"{self.device} batch {self.batch}"
+        return f"{what} on {where}: skipped ({self.reason})"
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The fastest runtime that passed parity at one (device, batch)."""
+
+    device: str
+    batch: int
+    runtime: str | None
+    format: str | None
+    p50_us: float | None
+    speedup_vs_eager: float | None
+    speedup_ci: list[float] | None
+    excluded_faster: list[str]
+    text: str
+
+
+@dataclasses.dataclass
+class BenchReport:
+    """Schema of ``bench.json``, documented in ``docs/bench-schema.md``."""
+
+    environment: dict[str, Any]
+    protocol: dict[str, Any]
+    devices: list[str]
+    batch_sizes: list[int]
+    rows: list[BenchRow]
+    skipped: list[Skipped]
+    verdicts: list[Verdict]
+    parity_source: str
+    network: str | None = None
+    checkpoint: str | None = None
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-data form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchReport:
+        """Inverse of :meth:`to_json`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in fields}
+        data["rows"] = [_from_dict(BenchRow, r) for r in data.get("rows", [])]
+        data["skipped"] = [_from_dict(Skipped, s) for s in data.get("skipped", [])]
+        data["verdicts"] = [_from_dict(Verdict, v) for v in data.get("verdicts", [])]
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BenchReport:
+        """Read a ``bench.json``; raise :class:`UsageError` for a missing or invalid file."""
+        path = Path(path)
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UsageError(f"no benchmark report at {path}") from None
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{path} is not a bench.json report ({exc})") from None
+
+    def row(self, runtime: str, device: str, batch: int, format: str | None = None) -> BenchRow:
+        """The row of ``runtime`` (and ``format``) at (device, batch); KeyError if absent."""
+        for row in self.rows:
+            if row.key == (runtime, format, device, batch):
+                return row
+        raise KeyError((runtime, format, device, batch))
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+# -- what to run ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class RuntimeSpec:
+    """One runtime to benchmark: its name, what it runs, and the artifact format if any.
+
+    ``runner_class`` overrides the registry lookup (tests use it for fake runners).
+    """
+
+    runtime: str
+    source: Any
+    format: str | None = None
+    runner_class: type[Runner] | None = None
+
+    @property
+    def label(self) -> str:
+        """``runtime`` or ``runtime (format)``."""
+        return _label(self.runtime, self.format)
+
+    def runner_type(self) -> type[Runner]:
+        """The runner class (registry lookup unless given)."""
+        return self.runner_class or RUNTIMES.get(self.runtime)
+
+
+def _wanted(runtime: str, fmt: str | None, wanted: set[str] | None) -> bool:
+    if wanted is None:
+        return True
+    return runtime in wanted or (
+        fmt is not None and (fmt in wanted or f"{runtime}:{fmt}" in wanted)
+    )
+
+
+def discover_runtimes(
+    model: nn.Module, exports: Path | None, runtimes: Sequence[str] | None = None
+) -> tuple[list[RuntimeSpec], list[Skipped]]:
+    """The runtimes to benchmark: the network's own ones plus every artifact in ``exports``.
+
+    Args:
+        model: The eager network (eager, torch-compile and cuda-graph run it).
+        exports: Folder of artifact folders (``<format>/manifest.json``), or None.
+        runtimes: Runtime or format names to keep (None: all). Eager is always kept: it is
+            the reference of every ratio.
+
+    Returns:
+        (specs, skipped): what to run, and what was found but cannot be run, with reasons.
+    """
+    from toolkit.manifest import MANIFEST_NAME, Manifest
+
+    wanted = None if runtimes is None else set(runtimes) | {"eager"}
+    specs = [
+        RuntimeSpec(name, model)
+        for name in MODULE_RUNTIMES
+        if name in RUNTIMES and _wanted(name, None, wanted)
+    ]
+    skipped: list[Skipped] = []
+    if exports is None or not exports.is_dir():
+        where = "no exports folder given" if exports is None else f"no folder {exports}"
+        skipped.append(
+            Skipped("artifacts", "*", f"{where}; run `toolkit export` to benchmark artifacts")
+        )
+        return specs, skipped
+    folders = sorted(p for p in exports.iterdir() if (p / MANIFEST_NAME).is_file())
+    if not folders:
+        skipped.append(Skipped("artifacts", "*", f"no artifact folders in {exports}"))
+    for folder in folders:
+        try:
+            manifest = Manifest.load(folder)
+        except ToolkitError as exc:
+            skipped.append(Skipped(folder.name, "*", str(exc)))
+            continue
+        for runtime in (manifest.runtime, *EXTRA_RUNTIMES.get(manifest.format, ())):
+            if not _wanted(runtime, manifest.format, wanted):
+                continue
+            if runtime not in RUNTIMES:
+                reason = f"runtime '{runtime}' is not registered"
+                skipped.append(Skipped(runtime, "*", reason, manifest.format))
+                continue
+            specs.append(RuntimeSpec(runtime, folder, manifest.format))
+    if wanted is not None:
+        known = {s.runtime for s in specs} | {s.format for s in specs} | {"eager"}
+        known |= {s.runtime for s in skipped}
+        for name in sorted(wanted - known):
+            if name not in RUNTIMES:
+                raise UsageError(
+                    f"unknown runtime '{name}'; available: {', '.join(RUNTIMES.names())}"
+                )
+            skipped.append(Skipped(name, "*", f"no artifact in {exports} runs on '{name}'"))
+    return specs, skipped
+
+
+# -- inputs --------------------------------------------------------------------------------
+def check_inputs(inputs: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """User inputs as a float32 tensor (N, *input_shape), or one clear :class:`UsageError`."""
+    expected = f"(N, {', '.join(map(str, input_shape))})"
+    if isinstance(inputs, np.ndarray):
+        if inputs.dtype != np.float32:
+            raise UsageError(f"bench inputs must be float32 {expected}, got dtype {inputs.dtype}")
+        inputs = torch.from_numpy(np.ascontiguousarray(inputs))
+    if not isinstance(inputs, torch.Tensor):
+        raise UsageError(f"bench inputs must be a float32 array, got {type(inputs).__name__}")
+    if inputs.dtype != torch.float32:
+        raise UsageError(f"bench inputs must be float32 {expected}, got dtype {inputs.dtype}")
+    if inputs.ndim != len(input_shape) + 1 or tuple(inputs.shape[1:]) != tuple(input_shape):
+        raise UsageError(
+            f"bench inputs must have shape {expected} for this model, got {tuple(inputs.shape)}"
+        )
+    if len(inputs) == 0:
+        raise UsageError("bench inputs hold no samples")
+    return inputs.contiguous()
+
+
+def read_input_file(path: str | Path, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Read a ``.npy`` file of float32 samples (N, *input_shape) for ``--inputs``."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise UsageError(f"--inputs {path}: expected a .npy file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"--inputs {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--inputs {path}: not a readable .npy array ({exc})") from None
+    return check_inputs(array, input_shape)
+
+
+def _batch_of(inputs: torch.Tensor, batch: int) -> torch.Tensor:
+    index = torch.arange(batch) % len(inputs)
+    return inputs[index].contiguous()
+
+
+# -- the sweep -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Live:
+    """A loaded runner and what was measured on it at the current batch size."""
+
+    spec: RuntimeSpec
+    runner: Runner
+    load_s: float
+    call: Callable[[Any], Any] | None = None
+    arg: Any = None
+    first_call_s: float = 0.0
+    clock: str = CLOCK_CPU
+    rounds: list[np.ndarray] = dataclasses.field(default_factory=list)
+    wall_rounds: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _load_runners(
+    device: str, specs: Sequence[RuntimeSpec], shape: tuple[int, ...], threads: int
+) -> tuple[list[_Live], list[Skipped]]:
+    live: list[_Live] = []
+    skipped: list[Skipped] = []
+    kind = torch.device(device).type
+    for spec in specs:
+        cls = spec.runner_type()
+        if kind not in cls.device_types:
+            reason = f"runs on {', '.join(cls.device_types)} only"
+            skipped.append(Skipped(spec.runtime, device, reason, spec.format))
+            continue
+        try:
+            runner = cls(spec.source, device=device, input_shape=shape, threads=threads)
+            load_s = runner.load()
+        except Exception as exc:  # one runtime failing must not hide the others
+            reason = f"load failed: {_one_line(exc)}"
+            skipped.append(Skipped(spec.runtime, device, reason, spec.format))
+            continue
+        live.append(_Live(spec, runner, load_s))
+    return live, skipped
+
+
+def _timed_call(live: _Live, x: torch.Tensor, include_copies: bool) -> None:
+    """Choose what one timed call is, and on which clock."""
+    runner = live.runner
+    on_cuda = runner.device.type == "cuda"
+    if include_copies:
+        prepare, infer, to_numpy, sync = (
+            runner.prepare,
+            runner.infer,
+            runner.to_numpy,
+            runner.synchronize,
+        )
+
+        def with_copies(host: torch.Tensor) -> Any:
+            out = to_numpy(infer(prepare(host)))
+            sync()
+            return out
+
+        live.call, live.arg = with_copies, x
+        live.clock = CLOCK_CUDA_WALL if on_cuda else CLOCK_CPU
+        return
+    live.arg = runner.prepare(x)
+    if not on_cuda:
+        live.call, live.clock = runner.infer, CLOCK_CPU
+    elif live.spec.runtime in TORCH_STREAM_RUNTIMES:
+        live.call, live.clock = runner.infer, CLOCK_CUDA_EVENTS
+    else:  # another stream (e.g. ONNX Runtime's CUDA provider): wall clock with a sync
+        infer, sync = runner.infer, runner.synchronize
+
+        def infer_and_sync(prepared: Any) -> Any:
+            out = infer(prepared)
+            sync()
+            return out
+
+        live.call, live.clock = infer_and_sync, CLOCK_CUDA_WALL
+
+
+def _first_call(live: _Live, x: torch.Tensor) -> float:
+    runner = live.runner
+    start = time.perf_counter()
+    runner.infer(runner.prepare(x))
+    runner.synchronize()
+    return time.perf_counter() - start
+
+
+def _measure_block(live: _Live, protocol: TimingProtocol, rounds: int) -> None:
+    assert live.call is not None
+    args = (
+        live.call,
+        live.arg,
+        max(1, math.ceil(protocol.min_calls / rounds)),
+        protocol.min_time / rounds,
+        max(1, protocol.max_calls // rounds),
+        protocol.max_time / rounds,
+    )
+    if live.clock == CLOCK_CUDA_EVENTS:
+        events, wall = time_calls_cuda(*args)
+        live.rounds.append(events)
+        live.wall_rounds.append(wall)
+    else:
+        live.rounds.append(time_calls(*args))
+
+
+def measure(
+    lives: Sequence[_Live],
+    x: torch.Tensor,
+    protocol: TimingProtocol,
+    skipped: list[Skipped],
+    device: str,
+    batch: int,
+) -> list[_Live]:
+    """Cold start, warm-up and interleaved rounds at one (device, batch); see the module doc.
+
+    Runners that fail are recorded in ``skipped`` and left out of the result.
+    """
+    ready: list[_Live] = []
+    for live in lives:
+        live.rounds, live.wall_rounds = [], []
+        try:
+            live.first_call_s = _first_call(live, x)
+            _timed_call(live, x, protocol.include_copies)
+            assert live.call is not None
+            warm_up(live.call, live.arg, protocol.warmup_calls, protocol.warmup_time)
+        except UsageError:
+            raise
+        except Exception as exc:
+            reason = f"failed: {_one_line(exc)}"
+            skipped.append(Skipped(live.spec.runtime, device, reason, live.spec.format, batch))
+            continue
+        ready.append(live)
+    for r in range(protocol.rounds):
+        order = ready[r % len(ready) :] + ready[: r % len(ready)] if ready else []
+        for live in order:
+            if live not in ready:
+                continue
+            try:
+                _measure_block(live, protocol, protocol.rounds)
+            except Exception as exc:  # e.g. a recompile during measurement
+                reason = f"failed during measurement: {_one_line(exc)}"
+                spec = live.spec
+                skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch))
+                ready.remove(live)
+    for live in ready:
+        live.call = live.arg = None  # free device buffers before the next batch size
+    return ready
+
+
+def _row(live: _Live, device: str, batch: int, protocol: TimingProtocol) -> BenchRow:
+    samples = np.concatenate(live.rounds)
+    st = latency_stats(samples)
+    us = 1e6
+    wall_p50 = float(np.median(np.concatenate(live.wall_rounds))) * us if live.wall_rounds else None
+    return BenchRow(
+        runtime=live.spec.runtime,
+        format=live.spec.format,
+        device=device,
+        batch=batch,
+        n=st["n"],
+        mean_us=st["mean"] * us,
+        std_us=st["std"] * us,
+        min_us=st["min"] * us,
+        p50_us=st["p50"] * us,
+        p90_us=st["p90"] * us,
+        p99_us=st["p99"] * us,
+        max_us=st["max"] * us,
+        iqr_us=st["iqr"] * us,
+        throughput_sps=batch / st["p50"] if st["p50"] > 0 else math.inf,
+        throughput_mean_sps=batch * st["n"] / st["total"] if st["total"] > 0 else math.inf,
+        load_s=live.load_s,
+        first_call_us=live.first_call_s * us,
+        clock=live.clock,
+        round_p50s_us=[float(np.median(r)) * us for r in live.rounds],
+        quantiles_us=[round(float(v) * us, 4) for v in np.percentile(samples, SKETCH_PERCENTILES)],
+        wall_p50_us=wall_p50,
+        below_min_calls=st["n"] < protocol.min_calls,
+    )
+
+
+def _add_ratios(rows: list[BenchRow], lives: dict[str, _Live]) -> None:
+    eager = next((lives[k] for k, v in lives.items() if v.spec.runtime == "eager"), None)
+    if eager is None:
+        return
+    for row in rows:
+        live = lives[row.label]
+        point, lo, hi = bootstrap_ratio_ci(live.rounds, eager.rounds)
+        row.ratio_to_eager, row.ratio_ci = point, [lo, hi]
+        row.round_ratios = [
+            float(np.median(a) / np.median(b))
+            for a, b in zip(live.rounds, eager.rounds, strict=False)
+        ]
+
+
+# -- parity --------------------------------------------------------------------------------
+def read_parity(path: str | Path) -> dict[tuple[str, str | None, str], tuple[str, str]]:
+    """Statuses from a ``toolkit verify`` report: {(runtime, format, device): (status, why)}.
+
+    Rows of kind ``reload`` (other ways of loading the same eager network) are left out;
+    the reference row stands for ``eager``. An unreadable file gives an empty mapping.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    device = torch.device(str(data.get("device", "cpu"))).type
+    statuses: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+    for row in data.get("rows", []) if isinstance(data, dict) else []:
+        if not isinstance(row, dict) or row.get("kind") == "reload":
+            continue
+        status = str(row.get("status", "")).upper()
+        if status not in (PASS, FAIL):
+            continue
+        runtime = row.get("runtime") or row.get("name")
+        fmt = None if row.get("kind") == "reference" else row.get("format")
+        why = "; ".join(row.get("reasons") or []) or status
+        statuses[(str(runtime), fmt, device)] = (status, why)
+    return statuses
+
+
+def _format_tolerance(fmt: str | None) -> tuple[float, float, bool, float]:
+    from toolkit.formats import FORMATS
+
+    if fmt is not None and fmt in FORMATS:
+        f = FORMATS.get(fmt)
+        return f.atol, f.rtol, f.judged_by_labels, f.min_agreement
+    return DEFAULT_ATOL, DEFAULT_RTOL, False, 1.0
+
+
+def quick_parity(
+    lives: Sequence[_Live], input_shape: tuple[int, ...], batch: int
+) -> dict[str, tuple[str, str]]:
+    """Compare each runner with eager on a few random batches: {label: (status, detail)}.
+
+    Values must pass ``|cand - ref| <= atol + rtol*|ref|`` with the format's tolerances
+    (1e-4/1e-3 for runtimes without a format); formats judged by labels need top-1
+    agreement of at least the format's ``min_agreement``. Random inputs are a weaker test
+    than ``toolkit verify`` on real data.
+    """
+    eager = next((live for live in lives if live.spec.runtime == "eager"), None)
+    if eager is None:
+        return {}
+    generator = torch.Generator().manual_seed(1234)
+    xs = [torch.randn((batch, *input_shape), generator=generator) for _ in range(4)]
+    refs = [eager.runner(x) for x in xs]
+    results: dict[str, tuple[str, str]] = {}
+    for live in lives:
+        if live is eager:
+            continue
+        atol, rtol, by_labels, min_agreement = _format_tolerance(live.spec.format)
+        try:
+            outs = [live.runner(x) for x in xs]
+        except UsageError:
+            raise
+        except Exception as exc:
+            results[live.spec.label] = (FAIL, f"quick check failed: {_one_line(exc)}")
+            continue
+        ref, out = np.concatenate(refs), np.concatenate(outs)
+        if out.shape != ref.shape or not np.isfinite(out).all():
+            results[live.spec.label] = (FAIL, f"output shape {out.shape} or non-finite values")
+            continue
+        max_abs = float(np.abs(out - ref).max())
+        agreement = float((out.argmax(1) == ref.argmax(1)).mean())
+        ok = (
+            agreement >= min_agreement
+            if by_labels
+            else bool(np.all(np.abs(out - ref) <= atol + rtol * np.abs(ref)))
+        )
+        detail = f"quick check: max abs {max_abs:.2e}, top-1 agreement {agreement:.3f}"
+        results[live.spec.label] = (PASS if ok else FAIL, detail)
+    return results
+
+
+def _parity_of(
+    row: BenchRow,
+    verified: dict[tuple[str, str | None, str], tuple[str, str]],
+    quick: dict[str, tuple[str, str]],
+) -> None:
+    device = torch.device(row.device).type
+    if row.runtime == "eager" and row.format is None:
+        row.parity, row.parity_source, row.parity_detail = PASS, "reference", "the reference"
+        return
+    found = verified.get((row.runtime, row.format, device))
+    if found is not None:
+        row.parity, row.parity_detail = found
+        row.parity_source = PARITY_JSON
+    elif row.label in quick:
+        row.parity, row.parity_detail = quick[row.label]
+        row.parity_source = "quick-check"
+
+
+# -- verdicts ------------------------------------------------------------------------------
+def _fmt_us(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.3g} s"
+    if value >= 1e3:
+        return f"{value / 1e3:.3g} ms"
+    return f"{value:.3g} us"
+
+
+def choose_verdicts(
+    rows: Sequence[BenchRow], devices: Sequence[str], batch_sizes: Sequence[int]
+) -> list[Verdict]:
+    """For each (device, batch): the fastest (lowest p50) row whose parity is PASS.
+
+    A faster row whose parity failed or was not checked is never chosen; it is named in
+    ``excluded_faster``.
+    """
+    verdicts = []
+    for device in devices:
+        for batch in batch_sizes:
+            here = sorted(
+                (r for r in rows if r.device == device and r.batch == batch),
+                key=lambda r: r.p50_us,
+            )
+            if not here:
+                continue
+            best = next((r for r in here if r.parity == PASS), None)
+            excluded = []
+            for r in here:
+                if r is best:
+                    break
+                excluded.append(f"{r.label} ({r.parity.lower()})")
+            head = f"{device} batch {batch}: "
+            if best is None:
+                text = head + "no runtime passed parity"
+                verdicts.append(
+                    Verdict(device, batch, None, None, None, None, None, excluded, text)
+                )
+                continue
+            speedup = ci = None
+            text = f"{head}fastest correct = {best.label}, {_fmt_us(best.p50_us)} p50"
+            if best.ratio_to_eager and best.ratio_ci:
+                speedup = 1.0 / best.ratio_to_eager
+                ci = [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]]
+                text += f", {speedup:.2f}x eager [CI {ci[0]:.2f}–{ci[1]:.2f}]"
+            if excluded:
+                text += f"; faster but not passing: {', '.join(excluded)}"
+            verdicts.append(
+                Verdict(
+                    device,
+                    batch,
+                    best.runtime,
+                    best.format,
+                    best.p50_us,
+                    speedup,
+                    ci,
+                    excluded,
+                    text,
+                )
+            )
+    return verdicts
+
+
+# -- the library function ------------------------------------------------------------------
+def _parse_devices(devices: Sequence[str] | str) -> list[str]:
+    items = devices.split(",") if isinstance(devices, str) else list(devices)
+    out = []
+    for item in (str(d).strip() for d in items):
+        if not item:
+            continue
+        try:
+            kind = torch.device(item).type
+        except RuntimeError:
+            raise UsageError(f"unknown device '{item}'; use cpu, cuda or cpu,cuda") from None
+        if kind not in ("cpu", "cuda"):
+            raise UsageError(f"unsupported device '{item}'; use cpu, cuda or cpu,cuda")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise UsageError("no device given; use --device cpu, cuda or cpu,cuda")
+    return out
+
+
+def _check_batch_sizes(batch_sizes: Sequence[int]) -> list[int]:
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or any(b < 1 for b in sizes):
+        raise UsageError(f"--batch_sizes must be positive integers, got {list(batch_sizes)}")
+    return list(dict.fromkeys(sizes))
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The intra-op thread count: ``threads`` or every usable core."""
+    if threads is None:
+        return usable_cores()
+    if int(threads) < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    return int(threads)
+
+
+def bench(
+    specs: Sequence[RuntimeSpec],
+    input_shape: Sequence[int],
+    devices: Sequence[str] | str = "cpu",
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    threads: int | None = None,
+    protocol: TimingProtocol | None = None,
+    inputs: Any = None,
+    parity: dict[tuple[str, str | None, str], tuple[str, str]] | None = None,
+    skipped: Sequence[Skipped] = (),
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Benchmark ``specs`` on every device and batch size with one protocol.
+
+    Args:
+        specs: Runtimes to run (see :func:`discover_runtimes`); include ``eager`` for the
+            ratios and the quick parity check.
+        input_shape: Per-sample input shape of the network.
+        devices: ``cpu``, ``cuda`` or both (list or comma-separated). CUDA without a
+            device is reported as skipped, never dropped.
+        batch_sizes: Batch sizes to sweep.
+        threads: Intra-op threads for every runtime (default: every usable core).
+        protocol: Timing settings (default :class:`TimingProtocol`).
+        inputs: Float32 samples (N, *input_shape) to build batches from (cycled); default
+            random normal values (seed 0).
+        parity: Statuses from :func:`read_parity`; rows not covered get a quick check.
+        skipped: Skips found earlier (e.g. by :func:`discover_runtimes`), carried over.
+        progress: Called with a line of progress text.
+
+    Returns:
+        The :class:`BenchReport`.
+
+    Raises:
+        UsageError: bad inputs (shape, dtype), devices, batch sizes or settings.
+    """
+    protocol = protocol or TimingProtocol()
+    protocol.validate()
+    shape = tuple(int(s) for s in input_shape)
+    device_list = _parse_devices(devices)
+    sizes = _check_batch_sizes(batch_sizes)
+    n_threads = resolve_threads(threads)
+    user_inputs = inputs is not None
+    if inputs is None:
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn((max(sizes), *shape), generator=generator)
+    inputs = check_inputs(inputs, shape)
+    torch.set_num_threads(n_threads)
+    say = progress or (lambda _line: None)
+    all_skipped = list(skipped)
+    rows: list[BenchRow] = []
+    clocks: dict[str, str] = {}
+    for device in device_list:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            all_skipped.append(Skipped("*", device, "no CUDA device"))
+            say(f"{device}: skipped (no CUDA device)")
+            continue
+        with torch.cuda.device(device) if device.startswith("cuda") else _no_context():
+            device_rows = _bench_device(
+                device,
+                specs,
+                shape,
+                sizes,
+                inputs,
+                n_threads,
+                protocol,
+                parity or {},
+                all_skipped,
+                say,
+            )
+        for row in device_rows:
+            clocks.setdefault(f"{device}:{row.runtime}", row.clock)
+        rows += device_rows
+    protocol_json = {
+        **dataclasses.asdict(protocol),
+        "io_boundary": protocol.io_boundary,
+        "clocks": clocks,
+        "interleaving": "runtimes interleaved in rounds, order rotated each round",
+        "per_round": "min_calls/rounds calls and min_time/rounds s per runtime and round",
+        "bootstrap": {
+            "resamples": BOOTSTRAP_RESAMPLES,
+            "confidence": BOOTSTRAP_CONFIDENCE,
+            "seed": BOOTSTRAP_SEED,
+            "max_draws_per_side": BOOTSTRAP_MAX_DRAWS,
+            "statistic": "median(runtime) / median(eager), resampled within rounds",
+        },
+        "threads": n_threads,
+        "inputs": "user inputs, cycled" if user_inputs else "random normal (seed 0)",
+    }
+    return BenchReport(
+        environment=collect_environment(n_threads, device_list),
+        protocol=protocol_json,
+        devices=device_list,
+        batch_sizes=sizes,
+        rows=rows,
+        skipped=all_skipped,
+        verdicts=choose_verdicts(rows, device_list, sizes),
+        parity_source="",
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _bench_device(
+    device: str,
+    specs: Sequence[RuntimeSpec],
+    shape: tuple[int, ...],
+    sizes: Sequence[int],
+    inputs: torch.Tensor,
+    threads: int,
+    protocol: TimingProtocol,
+    parity: dict[tuple[str, str | None, str], tuple[str, str]],
+    skipped: list[Skipped],
+    say: Callable[[str], None],
+) -> list[BenchRow]:
+    lives, load_skips = _load_runners(device, specs, shape, threads)
+    skipped += load_skips
+    rows: list[BenchRow] = []
+    try:
+        for batch in sizes:
+            say(f"{device} batch {batch}: {len(lives)} runtimes x {protocol.rounds} rounds")
+            ready = measure(lives, _batch_of(inputs, batch), protocol, skipped, device, batch)
+            batch_rows = [_row(live, device, batch, protocol) for live in ready]
+            _add_ratios(batch_rows, {live.spec.label: live for live in ready})
+            rows += batch_rows
+            for live in ready:
+                live.rounds, live.wall_rounds = [], []
+        # After the sweep, so that first calls were really cold (compile, capture).
+        check_batch = min(sizes, key=lambda b: abs(b - QUICK_CHECK_BATCH))
+        unchecked = [lv for lv in lives if not _covered(lv, parity, device)]
+        quick = quick_parity(unchecked, shape, check_batch)
+    finally:
+        for live in lives:
+            live.runner.close()
+    for row in rows:
+        _parity_of(row, parity, quick)
+    return rows
+
+
+def _no_context() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _covered(live: _Live, parity: dict, device: str) -> bool:
+    if live.spec.runtime == "eager":
+        return False  # the reference of the quick check itself
+    return (live.spec.runtime, live.spec.format, torch.device(device).type) in parity
+
+
+# -- compare -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RowChange:
+    """The change of one row's p50 between an old and a new report."""
+
+    runtime: str
+    format: str | None
+    device: str
+    batch: int
+    old_p50_us: float | None
+    new_p50_us: float | None
+    ratio: float | None
+    ratio_ci: list[float] | None
+    status: str  # regressed, improved, unchanged, new, missing
+
+    @property
+    def label(self) -> str:
+        """``runtime`` or ``runtime (format)``."""
+        return _label(self.runtime, self.format)
+
+
+def change_ci(
+    old: BenchRow,
+    new: BenchRow,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    max_draws: int = 2000,
+) -> tuple[float, float, float]:
+    """new p50 / old p50 with a confidence interval that allows for between-round noise.
+
+    Each report keeps its per-call distribution as percentiles 0..100. The interval is the
+    hull of (a) a percentile bootstrap of the median ratio, drawing ``min(n, max_draws)``
+    calls per side from those distributions, and (b) the extreme ratios of the round p50s
+    (slowest new round over fastest old round and vice versa), because this class of
+    machine changes speed between rounds in a way no per-call resampling captures.
+
+    Returns:
+        (point estimate, lower bound, upper bound).
+    """
+    point = new.p50_us / old.p50_us
+    rng = np.random.default_rng(seed)
+    n_old, n_new = min(old.n, max_draws), min(new.n, max_draws)
+    old_draws = sample_from_sketch(old.quantiles_us, resamples * n_old, rng).reshape(resamples, -1)
+    new_draws = sample_from_sketch(new.quantiles_us, resamples * n_new, rng).reshape(resamples, -1)
+    ratios = np.median(new_draws, axis=1) / np.median(old_draws, axis=1)
+    alpha = (1 - BOOTSTRAP_CONFIDENCE) / 2
+    lo, hi = (float(v) for v in np.percentile(ratios, [100 * alpha, 100 * (1 - alpha)]))
+    lo, hi = min(lo, point), max(hi, point)
+    if len(old.round_p50s_us) > 1 and len(new.round_p50s_us) > 1:
+        lo = min(lo, min(new.round_p50s_us) / max(old.round_p50s_us))
+        hi = max(hi, max(new.round_p50s_us) / min(old.round_p50s_us))
+    return point, lo, hi
+
+
+def compare_reports(old: BenchReport, new: BenchReport, threshold: float = 0.10) -> list[RowChange]:
+    """Per-row change of p50 from ``old`` to ``new``.
+
+    A row **regressed** when the lower bound of the confidence interval of new/old p50
+    (:func:`change_ci`) exceeds ``1 + threshold``: the slowdown is beyond the threshold
+    and beyond the noise. It **improved** when the upper bound is below
+    ``1 / (1 + threshold)``. Otherwise it is **unchanged** (within threshold or noise).
+    Rows in only one report are **new** or **missing**.
+    """
+    if threshold < 0:
+        raise UsageError(f"--regression_threshold must be >= 0, got {threshold}")
+    old_rows = {row.key: row for row in old.rows}
+    changes = []
+    for row in new.rows:
+        before = old_rows.pop(row.key, None)
+        if before is None or before.p50_us <= 0:
+            changes.append(
+                RowChange(*row.key, None, row.p50_us, None, None, "new")  # type: ignore[misc]
+            )
+            continue
+        point, lo, hi = change_ci(before, row)
+        status = "unchanged"
+        if lo > 1 + threshold:
+            status = "regressed"
+        elif hi < 1 / (1 + threshold):
+            status = "improved"
+        changes.append(
+            RowChange(*row.key, before.p50_us, row.p50_us, point, [lo, hi], status)  # type: ignore[misc]
+        )
+    for key, before in old_rows.items():
+        changes.append(RowChange(*key, before.p50_us, None, None, None, "missing"))  # type: ignore[misc]
+    return changes
+
+
+# -- the CLI verb --------------------------------------------------------------------------
+def _split_names(runtimes: Sequence[str] | str) -> list[str] | None:
+    items = runtimes.split(",") if isinstance(runtimes, str) else list(runtimes)
+    names = [str(n).strip() for n in items if str(n).strip()]
+    return None if not names or "all" in names else names
+
+
+def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
+    """Atomically write ``bench.json``, ``bench.md`` and ``bench.png`` into ``folder``."""
+    from toolkit.atomic import ensure_writable_dir, write_json, write_text
+    from toolkit.bench_report import render_markdown, save_plot
+
+    folder = ensure_writable_dir(folder)
+    paths = {
+        "json": write_json(folder / BENCH_JSON, report.to_json()),
+        "md": write_text(folder / BENCH_MD, render_markdown(report)),
+        "png": save_plot(report, folder / BENCH_PNG),
+    }
+    return paths
+
+
+def bench_command(
+    checkpoint: str,
+    exports: str | None = None,
+    runtimes: list[str] | str = "all",
+    device: str = "cpu",
+    batch_sizes: list[int] = list(DEFAULT_BATCH_SIZES),  # noqa: B006  (jsonargparse default)
+    threads: int | None = None,
+    min_calls: int = 200,
+    min_time: float = 1.0,
+    max_time: float = 30.0,
+    warmup_calls: int = 20,
+    warmup_time: float = 0.2,
+    rounds: int = 3,
+    include_copies: bool = False,
+    inputs: str | None = None,
+    output_dir: str | None = None,
+    compare: str | None = None,
+    regression_threshold: float = 0.10,
+    trust_pickled_file: bool = False,
+) -> BenchReport:
+    """Benchmark latency and throughput of every runtime; name the fastest correct one.
+
+    Writes ``bench.json`` (schema: docs/bench-schema.md), ``bench.md`` and ``bench.png``
+    into ``output_dir`` and prints a table, the skipped runtimes and one verdict per
+    device and batch size.
+
+    Args:
+        checkpoint: Weights of the run (``runs/<run>/model.ckpt``); eager, torch-compile
+            and cuda-graph run this network.
+        exports: Folder of exported artifacts (default ``exports/<run>``).
+        runtimes: Runtime or format names to run (default all); eager always runs.
+        device: ``cpu``, ``cuda`` or ``cpu,cuda``.
+        batch_sizes: Batch sizes to sweep.
+        threads: Intra-op threads for every runtime (default: every usable core).
+        min_calls: Timed calls per (runtime, device, batch), at least.
+        min_time: Timed seconds per (runtime, device, batch), at least.
+        max_time: Timed seconds per (runtime, device, batch), at most (may cut min_calls).
+        warmup_calls: Untimed calls before timing, at least.
+        warmup_time: Untimed seconds before timing, at least.
+        rounds: Interleaved rounds the timed calls are split into.
+        include_copies: Time host->device and device->host copies with every call.
+        inputs: A ``.npy`` file of float32 samples (N, *input_shape); default random.
+        output_dir: Where to write the reports (default: the exports folder).
+        compare: An earlier ``bench.json``: print each row's change; fail on regressions.
+        regression_threshold: Relative slowdown of p50 that counts as a regression, when
+            the confidence interval also rules out noise.
+        trust_pickled_file: Allow unpickling a checkpoint you trust.
+
+    Returns:
+        The :class:`BenchReport`.
+
+    Raises:
+        CheckFailedError: ``compare`` found a regression (after the reports are written).
+    """
+    from toolkit.bench_report import print_changes, print_report
+    from toolkit.models import input_shape_of
+    from toolkit.reload import load_network
+
+    ckpt = Path(checkpoint)
+    protocol = TimingProtocol(
+        warmup_calls=warmup_calls,
+        warmup_time=warmup_time,
+        min_calls=min_calls,
+        min_time=min_time,
+        max_time=max(max_time, min_time),
+        rounds=rounds,
+        include_copies=include_copies,
+    )
+    protocol.validate()
+    old = BenchReport.load(compare) if compare else None
+    model = load_network(ckpt, trust_pickled_file=trust_pickled_file)
+    shape = input_shape_of(model)
+    exports_dir = Path(exports) if exports else Path("exports") / ckpt.parent.name
+    out_dir = Path(output_dir) if output_dir else exports_dir
+    user_inputs = read_input_file(inputs, shape) if inputs else None
+    specs, skipped = discover_runtimes(model, exports_dir, _split_names(runtimes))
+    parity_path = exports_dir / PARITY_JSON
+    verified = read_parity(parity_path) if parity_path.is_file() else {}
+
+    def progress(line: str) -> None:
+        print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    report = bench(
+        specs,
+        shape,
+        device,
+        batch_sizes,
+        threads,
+        protocol,
+        user_inputs,
+        verified,
+        skipped,
+        progress,
+    )
+    report.network = type(model).__name__
+    report.checkpoint = str(ckpt)
+    report.parity_source = (
+        f"{parity_path} where it covers a row, else a quick check on random inputs"
+        if verified
+        else "quick check against eager on random inputs (run `toolkit verify` for real data)"
+    )
+    print_report(report)
+    write_outputs(report, out_dir)
+    print(f"wrote {out_dir / BENCH_JSON}, {BENCH_MD}, {BENCH_PNG}")
+    if old is not None:
+        changes = compare_reports(old, report, regression_threshold)
+        print_changes(changes, regression_threshold)
+        regressed = [c for c in changes if c.status == "regressed"]
+        if regressed:
+            names = ", ".join(f"{c.label} {c.device} batch {c.batch}" for c in regressed)
+            raise CheckFailedError(
+                f"{len(regressed)} row(s) regressed by more than "
+                f"{regression_threshold:.0%} beyond noise against {compare}: {names}"
+            )
+    return report

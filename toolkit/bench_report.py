@@ -1,0 +1,232 @@
+"""Render a :class:`~toolkit.bench.BenchReport`: terminal table, Markdown and PNG plot.
+
+Everything here is rendered from the report's data (rows, skipped, verdicts); nothing
+is measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.report import Column, markdown_table, number, print_table, rich_table
+
+if TYPE_CHECKING:
+    from toolkit.bench import BenchReport, RowChange
+
+
+def _us(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return str(value)
+    if value >= 1e6:
+        return f"{value / 1e6:.3g} s"
+    if value >= 1e3:
+        return f"{value / 1e3:.3g} ms"
+    return f"{value:.3g} us"
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    ratio, ci = row.get("ratio_to_eager"), row.get("ratio_ci")
+    if ratio is None:
+        return "–"
+    text = f"{ratio:.3g}"
+    return text + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+
+
+def _spread(row: dict[str, Any]) -> str:
+    p50s = row.get("round_p50s_us") or []
+    if len(p50s) < 2:
+        return "–"
+    return f"{max(p50s) / min(p50s) - 1:.0%}" if min(p50s) > 0 else "–"
+
+
+def table_rows(report: BenchReport) -> list[dict[str, Any]]:
+    """One plain dict per row, with the derived cells (label, ratio text, spread)."""
+    rows = []
+    for row in report.rows:
+        data = {**row.__dict__, "label": row.label}
+        data["ratio_text"] = _ratio(data)
+        data["spread"] = _spread(data)
+        data["n_text"] = f"{row.n}" + ("*" if row.below_min_calls else "")
+        rows.append(data)
+    return rows
+
+
+def columns() -> list[Column]:
+    """The columns of the terminal table and the Markdown table."""
+    return [
+        Column("label", "runtime", justify="left"),
+        Column("device", "device", justify="left"),
+        Column("batch", "batch"),
+        Column("p50_us", "p50", _us),
+        Column("p90_us", "p90", _us),
+        Column("p99_us", "p99", _us),
+        Column("iqr_us", "IQR", _us),
+        Column("spread", "round spread"),
+        Column("n_text", "calls"),
+        Column("throughput_sps", "samples/s", number(",.0f")),
+        Column("ratio_text", "p50 / eager [95% CI]"),
+        Column("load_s", "load", number(".3g", suffix=" s")),
+        Column("first_call_us", "first call", _us),
+        Column("parity", "parity", justify="left"),
+    ]
+
+
+def _row_style(row: dict[str, Any]) -> str | None:
+    return {"FAIL": "red", "UNCHECKED": "yellow"}.get(row.get("parity", ""))
+
+
+def summary_lines(report: BenchReport) -> list[str]:
+    """Environment and protocol in a few lines."""
+    env, protocol = report.environment, report.protocol
+    gpu = f"; GPU {env.get('gpu')} (driver {env.get('driver')})" if env.get("gpu") else ""
+    return [
+        f"CPU {env.get('cpu_model')} ({env.get('cores')} cores, {env.get('usable_cores')} "
+        f"usable){gpu}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}",
+        f"threads: {protocol.get('threads')} intra-op for every runtime; "
+        f"I/O boundary: {protocol.get('io_boundary')}",
+        f"protocol: warm-up >= {protocol.get('warmup_calls')} calls and "
+        f">= {protocol.get('warmup_time')} s; timed >= {protocol.get('min_calls')} calls and "
+        f">= {protocol.get('min_time')} s per row, in {protocol.get('rounds')} interleaved "
+        f"rounds; clocks: {', '.join(sorted(set(protocol.get('clocks', {}).values())))}",
+        f"parity: {report.parity_source}",
+    ]
+
+
+def print_report(report: BenchReport, file: Any = None) -> None:
+    """Print the table, the skipped runtimes and the verdicts."""
+    from rich.console import Console
+
+    console = Console(file=file, soft_wrap=False)
+    width = None if console.is_terminal else 220  # a log file gets the whole table
+    title = f"toolkit bench: {report.network or 'network'}"
+    table = rich_table(table_rows(report), columns(), title, _row_style)
+    print_table(table, file=file, width=width)
+    for line in summary_lines(report):
+        console.print(line, highlight=False, markup=False)
+    for skip in report.skipped:
+        console.print(f"[yellow]{_escape(skip.text())}[/yellow]", highlight=False)
+    for verdict in report.verdicts:
+        console.print(f"[bold]verdict[/bold] {_escape(verdict.text)}", highlight=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def render_markdown(report: BenchReport) -> str:
+    """``bench.md``: summary, one table per device, verdicts, skips."""
+    lines = [f"# Benchmark: {report.network or 'network'}", ""]
+    lines += [f"- {line}" for line in summary_lines(report)]
+    lines += [f"- created {report.created}; checkpoint {report.checkpoint}", ""]
+    lines += ["## Verdicts", ""]
+    lines += [f"- {v.text}" for v in report.verdicts] or ["- (no rows)"]
+    lines.append("")
+    rows = table_rows(report)
+    for device in report.devices:
+        here = [r for r in rows if r["device"] == device]
+        if here:
+            lines += [f"## {device}", "", markdown_table(here, columns())]
+    if any(r.below_min_calls for r in report.rows):
+        lines += ["\\* fewer calls than --min_calls: --max_time cut the row short.", ""]
+    lines += [
+        "Latencies per call; p99 rests on about 1% of the calls. `round spread` is "
+        "max/min - 1 of the per-round p50s; the ratio CI is a stratified bootstrap.",
+        "",
+    ]
+    if report.skipped:
+        lines += ["## Skipped", ""] + [f"- {s.text()}" for s in report.skipped] + [""]
+    return "\n".join(lines)
+
+
+def save_plot(report: BenchReport, path: str | Path) -> Path:
+    """Atomically save ``bench.png``: p50 latency with p90/p99 whiskers, and throughput.
+
+    One line per runtime across batch sizes; one pair of panels per device.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toolkit.atomic import atomic_path
+
+    devices = [d for d in report.devices if any(r.device == d for r in report.rows)] or ["cpu"]
+    fig, axes = plt.subplots(
+        len(devices), 2, figsize=(12, 4.2 * len(devices)), squeeze=False, constrained_layout=True
+    )
+    for (ax_lat, ax_tput), device in zip(axes, devices, strict=True):
+        rows = [r for r in report.rows if r.device == device]
+        labels = list(dict.fromkeys(r.label for r in rows))
+        for i, label in enumerate(labels):
+            mine = sorted((r for r in rows if r.label == label), key=lambda r: r.batch)
+            batches = [r.batch * (1 + 0.03 * (i - len(labels) / 2)) for r in mine]
+            p50 = [r.p50_us for r in mine]
+            line = ax_lat.plot(batches, p50, marker="o", label=label)[0]
+            colour = line.get_color()
+            ax_lat.errorbar(
+                batches, p50, yerr=[[0] * len(mine), [r.p99_us - r.p50_us for r in mine]],
+                fmt="none", ecolor=colour, elinewidth=0.8, capsize=2,
+            )  # fmt: skip
+            ax_lat.errorbar(
+                batches, p50, yerr=[[0] * len(mine), [r.p90_us - r.p50_us for r in mine]],
+                fmt="none", ecolor=colour, elinewidth=2.5,
+            )  # fmt: skip
+            ax_tput.plot([r.batch for r in mine], [r.throughput_sps for r in mine], marker="o")
+        for ax, ylabel in ((ax_lat, "latency per call (us)"), (ax_tput, "samples/s (batch/p50)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+        ax_lat.set_title(f"{device}: p50 latency (thick whisker p90, thin p99)")
+        ax_tput.set_title(f"{device}: throughput")
+        if labels:
+            ax_lat.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def change_rows(changes: Sequence[RowChange]) -> list[dict[str, Any]]:
+    """Plain dicts for the compare table."""
+    out = []
+    for c in changes:
+        ci = c.ratio_ci
+        out.append(
+            {
+                "label": c.label,
+                "device": c.device,
+                "batch": c.batch,
+                "old": c.old_p50_us,
+                "new": c.new_p50_us,
+                "change": None if c.ratio is None else f"{c.ratio - 1:+.1%}",
+                "ci": None if ci is None else f"[{ci[0] - 1:+.1%}, {ci[1] - 1:+.1%}]",
+                "status": c.status,
+            }
+        )
+    return out
+
+
+def print_changes(changes: Sequence[RowChange], threshold: float, file: Any = None) -> None:
+    """Print the per-row change of p50 against an earlier report."""
+    cols = [
+        Column("label", "runtime", justify="left"),
+        Column("device", "device", justify="left"),
+        Column("batch", "batch"),
+        Column("old", "old p50", _us),
+        Column("new", "new p50", _us),
+        Column("change", "change"),
+        Column("ci", "95% CI"),
+        Column("status", "status", justify="left"),
+    ]
+    from rich.console import Console
+
+    styles = {"regressed": "bold red", "improved": "green", "missing": "yellow"}
+    title = f"change of p50 (regression: CI lower bound above +{threshold:.0%})"
+    table = rich_table(change_rows(changes), cols, title, lambda r: styles.get(r["status"]))
+    print_table(table, file=file, width=None if Console(file=file).is_terminal else 220)

@@ -1,0 +1,356 @@
+"""Export a network to one or more formats, each in its own folder with a manifest.
+
+``export_model`` is the library entry point (any ``nn.Module`` or LightningModule);
+``export_command`` is the ``toolkit export`` verb. Before exporting, the module is put in
+eval mode (and the user is told), and checked for modules left in training mode,
+batch-statistics BatchNorm, random ops, parameters split across devices and a missing
+example input. Each format is written into a hidden ``.<format>.<pid>.partial`` folder and
+renamed to ``<out_dir>/<format>/`` once complete, so a killed export never leaves a
+partial folder under the final name, and an existing one is replaced only with
+``overwrite``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolkit.atomic import (
+    check_new,
+    clean_stale_partials,
+    ensure_writable_dir,
+    output_error,
+    publish_dir,
+)
+from toolkit.errors import ExportError, UsageError
+from toolkit.formats import FORMATS
+from toolkit.manifest import Manifest, sha256_file
+
+#: Default parent folder of ``toolkit export`` outputs.
+EXPORTS_DIR = "exports"
+#: The smallest example batch: exporters can specialise a batch of 1 to a constant.
+MIN_EXAMPLE_BATCH = 2
+
+
+def _say(message: str) -> None:
+    print(f"toolkit: {message}", file=sys.stderr)
+
+
+def resolve_formats(formats: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Format names from a name, a comma-separated string, a list, or ``all``.
+
+    Raises:
+        UnknownNameError: a name is not registered (the message lists the valid ones).
+    """
+    items = [formats] if isinstance(formats, str) else list(formats)
+    names: list[str] = []
+    for item in items:
+        for name in str(item).split(","):
+            name = name.strip()
+            if not name:
+                continue
+            for resolved in FORMATS.names() if name == "all" else [name]:
+                FORMATS.get(resolved)
+                if resolved not in names:
+                    names.append(resolved)
+    if not names:
+        raise UsageError(f"no format given; available: all, {', '.join(FORMATS.names())}")
+    return names
+
+
+# -- pre-export checks ------------------------------------------------------------------
+def _is_lightning_module(model: nn.Module) -> bool:
+    return any(cls.__name__ == "LightningModule" for cls in type(model).__mro__)
+
+
+def _unwrap(
+    model: nn.Module, example_input: torch.Tensor | None
+) -> tuple[nn.Module, torch.Tensor | None]:
+    """A LightningModule → its plain ``.model`` and its ``example_input_array``."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"can only export an nn.Module, got {type(model).__name__}")
+    if not _is_lightning_module(model):
+        return model, example_input
+    if example_input is None:
+        example_input = getattr(model, "example_input_array", None)
+    inner = getattr(model, "model", None)
+    return (inner if isinstance(inner, nn.Module) else model), example_input
+
+
+def check_example_input(module: nn.Module, example_input: Any) -> torch.Tensor:
+    """A float32 CPU batch of at least 2, built from ``input_shape`` when none is given.
+
+    Raises:
+        UsageError: no example input and no ``input_shape`` to build one, or a wrong type.
+    """
+    name = type(module).__name__
+    if isinstance(example_input, tuple | list) and len(example_input) == 1:
+        example_input = example_input[0]
+    if example_input is None:
+        shape = getattr(module, "input_shape", None)
+        if shape is None:
+            raise UsageError(
+                f"no example input for {name}: pass example_input (a batch of at least "
+                f"{MIN_EXAMPLE_BATCH}) or set example_input_array on the LightningModule"
+            )
+        generator = torch.Generator().manual_seed(0)
+        example_input = torch.rand(MIN_EXAMPLE_BATCH, *shape, generator=generator)
+        _say(f"no example input given; using a random batch of shape {tuple(example_input.shape)}")
+    if not isinstance(example_input, torch.Tensor):
+        raise UsageError(
+            f"the example input must be one tensor, got {type(example_input).__name__}"
+        )
+    if example_input.dtype != torch.float32 or example_input.dim() < 2:
+        raise UsageError(
+            "the example input must be a float32 batch (batch, ...), got "
+            f"{example_input.dtype} of shape {tuple(example_input.shape)}"
+        )
+    example = example_input.detach().cpu().contiguous()
+    if example.shape[0] < MIN_EXAMPLE_BATCH:
+        example = example.repeat(MIN_EXAMPLE_BATCH, *([1] * (example.dim() - 1)))
+        _say(f"example batch of 1 repeated to {MIN_EXAMPLE_BATCH} so the batch axis stays dynamic")
+    return example
+
+
+def check_devices(module: nn.Module) -> nn.Module:
+    """The module on CPU: a copy is moved if it lives on one other device.
+
+    Raises:
+        ExportError: parameters are split across devices, or have no data (meta).
+    """
+    devices = {t.device for t in (*module.parameters(), *module.buffers())}
+    name = type(module).__name__
+    if any(d.type == "meta" for d in devices):
+        raise ExportError(f"{name} has parameters on the meta device (no data); load weights")
+    if len(devices) > 1:
+        listed = ", ".join(sorted(str(d) for d in devices))
+        raise ExportError(
+            f"{name} has parameters split across devices ({listed}); move it to one "
+            "device (model.cpu()) before exporting"
+        )
+    if devices and next(iter(devices)).type != "cpu":
+        _say(f"exporting a CPU copy of {name} (it is on {next(iter(devices))})")
+        return copy.deepcopy(module).cpu()
+    return module
+
+
+def put_in_eval_mode(module: nn.Module) -> None:
+    """Call ``eval()``, say so, and check that no submodule stayed in training mode.
+
+    Raises:
+        ExportError: a submodule is still in training mode (an overridden ``train``/``eval``),
+            or a BatchNorm uses batch statistics even in eval mode.
+    """
+    name = type(module).__name__
+    module.eval()
+    _say(f"put {name} in eval mode for export")
+    training = [
+        f"'{n or '<root>'}' ({type(m).__name__})" for n, m in module.named_modules() if m.training
+    ]
+    if training:
+        shown = ", ".join(training[:5]) + (
+            f", … ({len(training)} in all)" if len(training) > 5 else ""
+        )
+        raise ExportError(
+            f"{name}: still in training mode after eval(): {shown}; Dropout/BatchNorm would "
+            "be exported with their training behaviour (check overridden train()/eval())"
+        )
+    batch_stats = [
+        f"'{n}'"
+        for n, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+    ]
+    if batch_stats:
+        raise ExportError(
+            f"{name}: BatchNorm {', '.join(batch_stats)} has track_running_stats=False, so "
+            "even in eval mode its outputs depend on the rest of the batch"
+        )
+
+
+def check_forward(module: nn.Module, example: torch.Tensor) -> None:
+    """Run the example twice: one tensor output, and the same output both times.
+
+    Raises:
+        ExportError: the forward fails, returns no single tensor, or is random.
+    """
+    name = type(module).__name__
+    try:
+        with torch.no_grad():
+            first, second = module(example), module(example)
+    except Exception as exc:
+        raise ExportError(
+            f"{name} fails on the example input of shape {tuple(example.shape)}: {exc}"
+        ) from exc
+    if not isinstance(first, torch.Tensor):
+        raise ExportError(f"{name} must return one tensor (logits), got {type(first).__name__}")
+    if not torch.equal(first, second):
+        raise ExportError(
+            f"{name} gives different outputs for the same input in eval mode (random ops "
+            "such as F.dropout(training=True)?); the export would not match"
+        )
+
+
+def prepare_for_export(
+    model: nn.Module, example_input: torch.Tensor | None
+) -> tuple[nn.Module, torch.Tensor]:
+    """The plain module (eval mode, CPU) and a checked example input, ready to export."""
+    module, example = _unwrap(model, example_input)
+    module = check_devices(module)
+    example = check_example_input(module, example)
+    put_in_eval_mode(module)
+    check_forward(module, example)
+    return module, example
+
+
+# -- atomic per-format folders -------------------------------------------------------------
+def _staging(final: Path, tag: str = "partial") -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}.{tag}")
+
+
+def export_one(
+    name: str,
+    module: nn.Module,
+    example: torch.Tensor,
+    out_dir: Path,
+    overwrite: bool,
+    provenance: dict[str, Any],
+    options: dict[str, Any],
+) -> Manifest:
+    """Export one format into ``out_dir/<name>/`` atomically; returns its manifest."""
+    fmt = FORMATS.get(name)()
+    final = check_new(out_dir / name, overwrite)
+    staging = _staging(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        start = time.perf_counter()
+        manifest = fmt.export(module, example, staging, **options)
+        manifest.export_seconds = round(time.perf_counter() - start, 4)
+        for key, value in provenance.items():
+            setattr(manifest, key, value)
+        manifest.save(staging)
+        publish_dir(staging, final, overwrite)
+    except OSError as exc:
+        raise output_error(final, exc) from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def export_model(
+    model: nn.Module,
+    example_input: torch.Tensor | None,
+    formats: list[str] | str,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    source_checkpoint: str | Path | None = None,
+    network: str | None = None,
+    network_kwargs: dict[str, Any] | None = None,
+    **format_options: Any,
+) -> dict[str, Manifest]:
+    """Export a network to each format in ``out_dir/<format>/`` (artifact + manifest.json).
+
+    Args:
+        model: A plain ``nn.Module`` or a LightningModule (its ``.model`` is exported).
+        example_input: A float32 batch; None takes the LightningModule's
+            ``example_input_array`` or builds one from the network's ``input_shape``.
+        formats: Format names, a comma-separated string, or ``all``.
+        out_dir: Parent folder of the per-format folders.
+        overwrite: Replace existing format folders (only once the new one is complete).
+        source_checkpoint: The weights file the network came from (hashed into the manifest).
+        network: Registry name of the network, recorded in the manifest.
+        network_kwargs: Its constructor kwargs, recorded in the manifest.
+        format_options: Passed to every format (``exporter``, ``opset``, ``script``, ...).
+
+    Returns:
+        Format name → manifest, in the order exported.
+
+    Raises:
+        UsageError: unknown format, missing example input, or an existing output.
+        ExportError: the model cannot be exported correctly.
+    """
+    names = resolve_formats(formats)
+    out_dir = ensure_writable_dir(out_dir)
+    for name in names:  # refuse before any work
+        check_new(out_dir / name, overwrite)
+    module, example = prepare_for_export(model, example_input)
+    clean_stale_partials(out_dir)
+    provenance = {
+        "network": network,
+        "network_kwargs": dict(network_kwargs or {}),
+        "source_checkpoint": str(source_checkpoint) if source_checkpoint else None,
+        "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
+    }
+    return {
+        name: export_one(name, module, example, out_dir, overwrite, provenance, format_options)
+        for name in names
+    }
+
+
+def export_command(
+    checkpoint: str,
+    format: list[str] | str = "all",
+    output_dir: str | None = None,
+    exporter: str = "dynamo",
+    opset: int | None = None,
+    script: bool = False,
+    overwrite: bool = False,
+    model: str | None = None,
+    trust_pickled_file: bool = False,
+) -> dict[str, Manifest]:
+    """Export a trained network to ONNX, TorchScript, ExportedProgram and derived formats.
+
+    Args:
+        checkpoint: Weights file: a Lightning ``.ckpt``, a state_dict ``.pt`` or ``.safetensors``.
+        format: Formats: names, comma-separated (``onnx,torchscript``), or ``all``.
+        output_dir: Parent folder of the per-format folders; default exports/<run-name>,
+            where run-name is the checkpoint's folder name.
+        exporter: ONNX exporter: ``dynamo`` (default) or ``legacy`` (faster; some models need it).
+        opset: ONNX opset; default: the exporter's choice.
+        script: TorchScript via ``torch.jit.script`` instead of tracing.
+        overwrite: Replace existing exports.
+        model: Network registry name, for weights files that do not record it.
+        trust_pickled_file: Allow arbitrary unpickling of the checkpoint (trusted files only).
+
+    Returns:
+        Format name → manifest.
+    """
+    from toolkit.models import input_shape_of
+    from toolkit.reload import load_network, read_weights
+
+    path = Path(checkpoint)
+    names = resolve_formats(format)
+    _, saved_name, saved_kwargs = read_weights(path, trust_pickled_file)
+    network = load_network(path, network=model, trust_pickled_file=trust_pickled_file)
+    out_dir = Path(output_dir) if output_dir else Path(EXPORTS_DIR) / path.resolve().parent.name
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(MIN_EXAMPLE_BATCH, *input_shape_of(network), generator=generator)
+    manifests = export_model(
+        network,
+        example,
+        names,
+        out_dir,
+        overwrite=overwrite,
+        source_checkpoint=path,
+        network=model or saved_name,
+        network_kwargs=saved_kwargs if (model or saved_name) == saved_name else {},
+        exporter=exporter,
+        opset=opset,
+        script=script,
+    )
+    for name, manifest in manifests.items():
+        size = sum(f.size for f in manifest.files)
+        print(
+            f"{name:<17} {out_dir / name / manifest.model_file}  "
+            f"{size / 2**20:8.2f} MiB  {manifest.export_seconds:6.2f} s"
+        )
+    return manifests
