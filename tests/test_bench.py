@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import requires_cuda, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import requires_cuda, run_cli
 from toolkit import bench as B
 from toolkit.errors import CheckFailedError, UsageError
 from toolkit.models import build_model

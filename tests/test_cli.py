@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 
 def assert_one_line_error(proc, code: int, *fragments: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_real_data
+from helpers import requires_real_data
 from idx import make_split
 
 from toolkit.data import MNISTDataModule, load_split, locate_data

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import requires_cuda, run_cli
 from torch import nn
 
-from conftest import requires_cuda, run_cli
 from toolkit.errors import ExportError, OutputExistsError, UnknownNameError, UsageError
 from toolkit.export import export_command, export_model, resolve_formats
 from toolkit.formats import FORMATS

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from test_cli import assert_one_line_error
 
-from conftest import run_cli
 from toolkit.errors import OutputError, UnsafeFileError
 from toolkit.reload import load_network, read_torch_file
 
@@ -228,3 +228,44 @@ def test_killed_training_leaves_nothing_partial(tmp_path: Path, idx_dir: Path) -
     )
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in out.iterdir()) == ["r"]  # the killed run's leftovers are gone
+
+
+def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path) -> None:
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.json").write_text("OLD REPORT")
+    args = [
+        "bench",
+        "--checkpoint",
+        str(trained_run / "model.ckpt"),
+        "--exports",
+        str(tmp_path / "no-exports"),
+        "--output_dir",
+        str(out),
+        "--runtimes",
+        "eager",
+        "--batch_sizes",
+        "[1]",
+        "--rounds",
+        "1",
+        "--warmup_time",
+        "0.01",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", *args, "--min_time", "60", "--max_time", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # kill once timing has started
+        if line.startswith("bench:"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / "bench.json").read_text() == "OLD REPORT"
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json"]
+    rerun = run_cli(*args, "--min_time", "0.05", "--min_calls", "10")
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "bench.json").read_text().startswith("{")
+    assert not list(out.glob(".*"))

@@ -1274,10 +1274,11 @@ def _split_names(runtimes: Sequence[str] | str) -> list[str] | None:
 
 def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
     """Atomically write ``bench.json``, ``bench.md`` and ``bench.png`` into ``folder``."""
-    from toolkit.atomic import ensure_writable_dir, write_json, write_text
+    from toolkit.atomic import clean_stale_partials, ensure_writable_dir, write_json, write_text
     from toolkit.bench_report import render_markdown, save_plot
 
     folder = ensure_writable_dir(folder)
+    clean_stale_partials(folder)  # what a killed earlier bench left half-written
     paths = {
         "json": write_json(folder / BENCH_JSON, report.to_json()),
         "md": write_text(folder / BENCH_MD, render_markdown(report)),
@@ -1340,6 +1341,7 @@ def bench_command(
     Raises:
         CheckFailedError: ``compare`` found a regression (after the reports are written).
     """
+    from toolkit.atomic import ensure_writable_dir
     from toolkit.bench_report import print_changes, print_report
     from toolkit.models import input_shape_of
     from toolkit.reload import load_network
@@ -1361,6 +1363,7 @@ def bench_command(
     exports_dir = Path(exports) if exports else Path("exports") / ckpt.parent.name
     out_dir = Path(output_dir) if output_dir else exports_dir
     user_inputs = read_input_file(inputs, shape) if inputs else None
+    ensure_writable_dir(out_dir)  # fail before minutes of timing, not after
     specs, skipped = discover_runtimes(model, exports_dir, _split_names(runtimes))
     parity_path = exports_dir / PARITY_JSON
     verified = read_parity(parity_path) if parity_path.is_file() else {}

@@ -1,0 +1,548 @@
+"""``toolkit verify``: metrics, pass/fail rules, reports, reload rows, artifacts and the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+from torch import nn
+
+from toolkit import parity
+from toolkit.errors import CheckFailedError, UsageError
+from toolkit.manifest import ArtifactFile, Manifest
+from toolkit.parity import (
+    EPS,
+    FAIL,
+    PASS,
+    ParityRow,
+    Tolerances,
+    accuracy,
+    allclose_violations,
+    build_input_sets,
+    evaluate_row,
+    max_abs_diff,
+    max_rel_diff,
+    mean_abs_diff,
+    min_passing_atol,
+    min_passing_rtol,
+    nonfinite_counts,
+    run_sets,
+    top1_agreement,
+    verify,
+    verify_command,
+)
+from toolkit.report import Column, markdown_table, number, rich_table
+
+SHAPE = (1, 28, 28)
+RELOAD_ROWS = {
+    "reference",
+    "reload:model.ckpt",
+    "lightning:model.ckpt",
+    "reload:model.pt",
+    "reload:model.safetensors",
+}
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def test_identical_outputs_have_zero_differences() -> None:
+    ref = np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32)
+    assert max_abs_diff(ref, ref.copy()) == 0.0
+    assert max_rel_diff(ref, ref.copy()) == 0.0
+    assert mean_abs_diff(ref, ref.copy()) == 0.0
+    assert top1_agreement(ref, ref.copy()) == (1.0, 0)
+    assert allclose_violations(ref, ref.copy(), 0.0, 0.0) == 0
+    assert min_passing_atol(ref, ref.copy(), 0.0) == 0.0
+    assert min_passing_rtol(ref, ref.copy(), 0.0) == 0.0
+
+
+def test_known_differences_and_stated_epsilon() -> None:
+    ref = np.array([[1.0, 2.0], [0.0, -4.0]])
+    cand = np.array([[1.5, 2.0], [1e-3, -4.0]])
+    assert max_abs_diff(ref, cand) == pytest.approx(0.5)
+    assert mean_abs_diff(ref, cand) == pytest.approx((0.5 + 1e-3) / 4)
+    # Near zero the relative error explodes; eps keeps it finite and is stated.
+    assert EPS == 1e-6
+    assert max_rel_diff(ref, cand) == pytest.approx(1e-3 / EPS)
+    assert max_rel_diff(ref, cand, eps=1.0) == pytest.approx(0.5 / 2.0)
+
+
+def test_agreement_equals_a_direct_count() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(500, 10))
+    cand = ref + rng.normal(scale=0.3, size=ref.shape)
+    direct = sum(int(np.argmax(r) == np.argmax(c)) for r, c in zip(ref, cand, strict=True))
+    agreement, flipped = top1_agreement(ref, cand)
+    assert 0 < flipped < 500  # the noise flips some labels, not all
+    assert flipped == 500 - direct
+    assert agreement == pytest.approx(direct / 500)
+    labels = rng.integers(0, 10, size=500)
+    assert accuracy(cand, labels) == pytest.approx(np.mean(np.argmax(cand, axis=1) == labels))
+
+
+def test_nan_and_inf_are_counted_apart() -> None:
+    ref = np.zeros((3, 4))
+    cand = np.array([[np.nan, 0, 0, 0], [np.inf, -np.inf, 0, 0], [0, 0, 0, 0.25]])
+    assert nonfinite_counts(cand) == (1, 2)
+    assert max_abs_diff(ref, cand) == 0.25  # over the finite values only
+    _, flipped = top1_agreement(ref, cand)
+    assert flipped >= 1  # a row with NaN never agrees
+
+
+def test_allclose_rule_matches_numpy_isclose() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(200, 10))
+    cand = ref + rng.normal(scale=1e-3, size=ref.shape)
+    for atol, rtol in [(1e-4, 1e-3), (1e-3, 0.0), (0.0, 1e-2)]:
+        expected = int((~np.isclose(cand, ref, rtol=rtol, atol=atol)).sum())
+        assert allclose_violations(ref, cand, atol, rtol) == expected
+
+
+def test_min_passing_tolerances_are_tight() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(100, 10))
+    cand = ref + rng.normal(scale=1e-3, size=ref.shape)
+    rtol = 1e-3
+    atol = min_passing_atol(ref, cand, rtol)
+    assert atol > 0
+    assert allclose_violations(ref, cand, atol * (1 + 1e-9), rtol) == 0
+    assert allclose_violations(ref, cand, atol * 0.99, rtol) > 0
+    # At rtol 0 the smallest passing atol is the max abs diff (Polygraphy's figure).
+    assert min_passing_atol(ref, cand, 0.0) == pytest.approx(max_abs_diff(ref, cand))
+    found = min_passing_rtol(ref, cand, 1e-4)
+    assert allclose_violations(ref, cand, 1e-4, found * (1 + 1e-9)) == 0
+    assert allclose_violations(ref, cand, 1e-4, found * 0.99) > 0
+    # A difference where the reference is exactly 0 passes no rtol.
+    assert min_passing_rtol(np.zeros((1, 2)), np.array([[0.0, 1.0]]), 0.1) == float("inf")
+
+
+# -- pass/fail logic on a tiny network -------------------------------------------------------
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+
+
+class _Fn:
+    """A runner stand-in: a callable from float32 tensors to numpy logits."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.fn(x).numpy()
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    x = torch.rand(300, *SHAPE, generator=torch.Generator().manual_seed(0))
+    sets = build_input_sets(x, SHAPE)
+    net = _net()
+    reference = run_sets(_Fn(net), sets)
+    labels = np.argmax(reference["main"], axis=1)
+    labels[:30] = (labels[:30] + 1) % 10  # reference accuracy 90%
+    return net, sets, reference, labels
+
+
+def _judge(synthetic, fn, tol: Tolerances) -> ParityRow:
+    _, sets, reference, labels = synthetic
+    ref_acc = accuracy(reference["main"], labels)
+    row = ParityRow("candidate", "test", "test", "artifact", "-", tol)
+    return evaluate_row(row, run_sets(_Fn(fn), sets), reference, sets, labels, ref_acc)
+
+
+FP32 = Tolerances(atol=1e-4, rtol=1e-3, min_agreement=1.0, max_accuracy_drop=0.0)
+LABELS = Tolerances(
+    atol=1e-2, rtol=1e-1, min_agreement=0.9, max_accuracy_drop=0.005, judged_by_labels=True
+)
+
+
+def test_input_sets_cover_batch_sizes_and_edge_cases(synthetic) -> None:
+    _, sets, _, _ = synthetic
+    by_name = {s.name: s for s in sets}
+    assert {s.batch_size for s in sets} >= {1, 7, 256}
+    assert {"zeros", "ones", "large", "random-normal", "nonfinite"} <= set(by_name)
+    assert by_name["main"].x.shape[0] == 300  # 256 + a partial batch of 44
+    assert not by_name["nonfinite"].judged
+    assert torch.isnan(by_name["nonfinite"].x).any() and torch.isinf(by_name["nonfinite"].x).any()
+
+
+def test_small_noise_passes_fp32_tolerances(synthetic) -> None:
+    net = synthetic[0]
+    row = _judge(synthetic, lambda x: net(x) + 2e-5, FP32)
+    assert row.status == PASS, row.reasons
+    main = next(st for st in row.sets if st.name == "main")
+    assert main.max_abs == pytest.approx(2e-5, rel=0.05) and main.samples == 300
+    assert row.max_abs < 1e-4  # float32 rounding of large logits adds a little
+    assert row.agreement == 1.0 and row.flipped == 0 and row.accuracy_delta == 0.0
+    assert row.batch_sizes == [1, 7, 256]
+
+
+def test_large_noise_fails_and_names_the_passing_tolerance(synthetic) -> None:
+    net = synthetic[0]
+    row = _judge(synthetic, lambda x: net(x) + 5e-3, FP32)
+    assert row.status == FAIL
+    assert any("atol 0.0001" in r and "would pass at atol" in r for r in row.reasons)
+    assert row.min_atol is not None and 1e-3 < row.min_atol < 5e-3
+    # The same outputs pass once the tolerance is overridden to the reported minimum.
+    looser = Tolerances(
+        atol=row.min_atol * 1.01, rtol=FP32.rtol, min_agreement=1.0, max_accuracy_drop=0.0
+    )
+    assert _judge(synthetic, lambda x: net(x) + 5e-3, looser).status == PASS
+
+
+def test_flipped_labels_fail_agreement(synthetic) -> None:
+    net = synthetic[0]
+
+    def flip(x: torch.Tensor) -> torch.Tensor:
+        out = net(x).clone()
+        out[:3] = -out[:3]  # first rows of every batch get another argmax
+        return out
+
+    row = _judge(synthetic, flip, FP32)
+    assert row.status == FAIL and row.flipped and row.flipped > 0
+    assert any("top-1 agreement" in r and "flipped" in r for r in row.reasons)
+
+
+def test_label_judged_format_fails_on_accuracy_drop_unless_overridden(synthetic) -> None:
+    net, _, _, labels = synthetic
+    wrong = torch.from_numpy(labels)
+
+    def worse(x: torch.Tensor) -> torch.Tensor:
+        out = net(x).clone() + 1e-3  # value differences alone do not fail this format
+        if len(x) == 256:  # the first main batch: 5 correct answers become wrong
+            out[30:35] = torch.nn.functional.one_hot((wrong[30:35] + 1) % 10, 10) * 100.0
+        return out
+
+    row = _judge(synthetic, worse, LABELS)
+    assert row.accuracy_delta == pytest.approx(-5 / 300)
+    assert row.status == FAIL
+    assert any("accuracy drop 1.67 points > 0.5" in r for r in row.reasons)
+    relaxed = Tolerances(**{**LABELS.__dict__, "max_accuracy_drop": 0.02})
+    assert _judge(synthetic, worse, relaxed).status == PASS
+
+
+def test_nan_outputs_fail_and_batch_dependence_fails(synthetic) -> None:
+    net = synthetic[0]
+
+    def nan_on_zeros(x: torch.Tensor) -> torch.Tensor:
+        out = net(x).clone()
+        out[x.reshape(len(x), -1).abs().sum(1) == 0] = float("nan")
+        return out
+
+    row = _judge(synthetic, nan_on_zeros, LABELS)
+    assert row.status == FAIL and row.nan_count == 70  # 7 zero samples x 10 logits
+    assert any("NaN" in r for r in row.reasons)
+
+    row = _judge(synthetic, lambda x: net(x) + (1e-2 if len(x) == 1 else 0.0), FP32)
+    assert row.status == FAIL
+    assert row.batch_invariance_max_abs == pytest.approx(1e-2, rel=1e-3)
+    assert any("depend on the batch" in r for r in row.reasons)
+
+
+def test_tolerances_of_format_apply_overrides(monkeypatch) -> None:
+    from toolkit.formats import FORMATS, Format
+
+    class Fake(Format):
+        name, runtime, suffix = "fake", "eager", ".x"
+        atol, judged_by_labels = 0.5, True
+
+        def export(self, *args, **kwargs):  # pragma: no cover
+            raise NotImplementedError
+
+    monkeypatch.setitem(FORMATS._items, "fake", Fake)
+    tol = Tolerances.of_format("fake", {"atol": 0.1, "min_agreement": 0.98})
+    assert tol.atol == 0.1 and tol.min_agreement == 0.98
+    assert tol.rtol == Format.rtol and tol.judged_by_labels
+
+
+# -- rendering -------------------------------------------------------------------------------
+def test_report_helpers_render_rows() -> None:
+    rows = [{"name": "a|b[x]", "value": 0.5, "n": 3}, {"name": "c", "value": None, "n": 4}]
+    columns = [
+        Column("name", "name", justify="left"),
+        Column("value", "value %", number(".1f", 100)),
+        Column("n", "n", number("d")),
+    ]
+    text = markdown_table(rows, columns)
+    assert text.splitlines()[0] == "| name | value % | n |"
+    assert "| a\\|b[x] | 50.0 | 3 |" in text and "| c | – | 4 |" in text
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=80)
+    console.print(rich_table(rows, columns, title="t"))
+    assert "50.0" in console.file.getvalue() and "a|b[x]" in console.file.getvalue()
+
+
+# -- the tiny trained run --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def empty_exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("no-artifacts")
+
+
+@pytest.fixture(scope="module")
+def tiny_report(trained_run: Path, idx_dir: Path, empty_exports: Path) -> parity.ParityReport:
+    return verify(trained_run / "model.ckpt", empty_exports, data_dir=idx_dir, threads=1)
+
+
+def test_reload_rows_are_bitwise_equal(tiny_report: parity.ParityReport) -> None:
+    rows = {row.name: row for row in tiny_report.rows}
+    assert set(rows) == RELOAD_ROWS
+    for row in rows.values():
+        assert row.status == PASS, row.reasons
+        assert row.tolerances == Tolerances.exact()
+        assert row.max_abs == 0.0 and row.mean_abs == 0.0 and row.agreement == 1.0
+        assert row.accuracy == tiny_report.reference_accuracy
+        assert row.nonfinite_input_outputs is not None  # NaN inputs were run and reported
+    assert tiny_report.passed and tiny_report.samples == 120 and tiny_report.threads == 1
+    assert tiny_report.eps == EPS and tiny_report.split == "test"
+    assert any("no artifact folders" in note for note in tiny_report.notes)
+
+
+def test_report_json_and_markdown(tiny_report: parity.ParityReport, tmp_path: Path) -> None:
+    json_path, md_path = parity.write_report(tiny_report, tmp_path)
+    data = json.loads(json_path.read_text())
+    assert data["passed"] is True and data["eps"] == EPS
+    assert data["schema_version"] == 1 and data["versions"]["torch"]
+    assert {row["name"] for row in data["rows"]} == RELOAD_ROWS
+    assert {"max_abs", "max_rel", "mean_abs", "nan_count", "agreement", "flipped", "sets"} <= set(
+        data["rows"][0]
+    )
+    text = md_path.read_text()
+    assert text.startswith("# Parity report: PASS")
+    assert f"eps = {EPS:g}" in text and "| reload:model.pt |" in text
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_terminal_table_names_every_row(tiny_report: parity.ParityReport) -> None:
+    out = io.StringIO()
+    parity.print_report(tiny_report, file=out)
+    text = out.getvalue()
+    assert all(name in text for name in RELOAD_ROWS)
+    assert "parity: PASS" in text and "agree %" in text
+
+
+def test_nan_inputs_are_reported_not_crashed(trained_run: Path, empty_exports: Path) -> None:
+    x = np.random.default_rng(0).random((20, *SHAPE), dtype=np.float32)
+    x[3, 0, 5, 5] = np.nan
+    x[4, 0, 0, 0] = np.inf
+    report = verify(trained_run / "model.ckpt", empty_exports, inputs=x)
+    assert report.nonfinite_input_samples == 2 and report.samples == 20
+    assert report.reference_accuracy is None and report.passed
+    assert all(row.nonfinite_input_outputs >= 2 for row in report.rows)  # NaN in, NaN out
+    assert report.input_sets["main"]["samples"] == 18
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((4, 28, 28), np.float32), "expected shape (N, 1, 28, 28), got (4, 28, 28)"),
+        (np.zeros((4, 1, 28, 28), np.float64), "expected float32 values, got float64"),
+        (np.zeros((0, 1, 28, 28), np.float32), "no samples"),
+    ],
+)
+def test_bad_inputs_give_one_usage_error(
+    trained_run: Path, empty_exports: Path, array: np.ndarray, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        verify(trained_run / "model.ckpt", empty_exports, inputs=array)
+
+
+def test_missing_exports_folder_is_a_usage_error(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no exports folder"):
+        verify(trained_run / "model.ckpt", tmp_path / "nowhere", inputs=torch.rand(2, *SHAPE))
+    with pytest.raises(UsageError, match="no exports folder"):
+        verify_command(str(trained_run / "model.ckpt"), str(tmp_path / "nowhere"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_without_a_gpu_is_a_usage_error(trained_run: Path, empty_exports: Path) -> None:
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        verify(trained_run / "model.ckpt", empty_exports, device="cuda")
+
+
+def _fake_artifact(folder: Path, fmt: str = "onnx", runtime: str = "onnxruntime") -> Path:
+    """An artifact folder whose manifest lists a file that is not there."""
+    folder.mkdir(parents=True)
+    Manifest(
+        format=fmt,
+        runtime=runtime,
+        files=[ArtifactFile("model.onnx", "0" * 64, 10)],
+        input_name="input",
+        input_shape=["batch", 1, 28, 28],
+        input_dtype="float32",
+        output_names=["logits"],
+    ).save(folder)
+    return folder
+
+
+def test_broken_artifacts_fail_their_rows_only(trained_run: Path, idx_dir: Path, tmp_path: Path):
+    _fake_artifact(tmp_path / "missing-file")
+    (tmp_path / "bad-manifest").mkdir()
+    (tmp_path / "bad-manifest" / "manifest.json").write_text("{not json")
+    (tmp_path / "onnx").mkdir()  # named like a format, manifest lost
+    (tmp_path / "notes").mkdir()  # anything else is not an artifact
+    (tmp_path / ".torchscript.123.partial").mkdir()  # an export in progress
+    report = verify(trained_run / "model.ckpt", tmp_path, data_dir=idx_dir, limit=50)
+    rows = {row.name: row for row in report.rows}
+    assert not report.passed
+    assert {r.name for r in report.failing_rows()} == {"missing-file", "bad-manifest", "onnx"}
+    assert set(rows) == RELOAD_ROWS | {"missing-file", "bad-manifest", "onnx"}
+    assert "no manifest" in rows["onnx"].error
+    assert "is missing" in rows["missing-file"].error
+    assert "not a valid manifest" in rows["bad-manifest"].error
+    assert all(rows[name].status == PASS for name in RELOAD_ROWS)
+    assert report.samples == 50
+
+
+def test_verify_command_raises_once_after_writing_reports(
+    trained_run: Path, idx_dir: Path, tmp_path: Path
+) -> None:
+    _fake_artifact(tmp_path / "onnx")
+    with pytest.raises(CheckFailedError) as info:
+        verify_command(str(trained_run / "model.ckpt"), str(tmp_path), data_dir=str(idx_dir))
+    assert str(info.value).startswith("parity failed for: onnx (")
+    assert (tmp_path / "parity.json").is_file() and (tmp_path / "parity.md").is_file()
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is False
+
+
+# -- exported artifacts -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def artifacts(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX and TorchScript exports of the tiny run (copy before changing them)."""
+    from toolkit.export import export_model
+    from toolkit.reload import load_network
+
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    net = load_network(trained_run / "model.ckpt")
+    example = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(0))
+    export_model(net, example, ["onnx", "torchscript"], out)
+    return out
+
+
+def _copy(artifacts: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(artifacts, tmp_path / "exports"))
+
+
+def _rows(report: parity.ParityReport) -> dict[str, ParityRow]:
+    return {row.name: row for row in report.rows}
+
+
+def test_exported_artifacts_pass(trained_run: Path, idx_dir: Path, artifacts: Path) -> None:
+    report = verify(trained_run / "model.ckpt", artifacts, data_dir=idx_dir)
+    rows = _rows(report)
+    assert report.passed, [r.summary() for r in report.failing_rows()]
+    assert {"onnx", "onnx[onnxruntime-iobinding]", "torchscript"} <= set(rows)
+    assert rows["onnx"].format == "onnx" and rows["onnx"].runtime == "onnxruntime"
+    assert rows["onnx"].tolerances.atol == 1e-4  # the format's default
+    for name in ("onnx", "onnx[onnxruntime-iobinding]", "torchscript"):
+        assert rows[name].agreement == 1.0 and rows[name].batch_sizes == [1, 7, 256]
+        assert rows[name].min_atol <= rows[name].tolerances.atol
+
+
+def _change_one_onnx_weight(folder: Path, delta: float = 0.5) -> str:
+    """Add ``delta`` to one value of the output bias; rewrite the manifest's sha256."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.manifest import sha256_file
+
+    path = folder / "model.onnx"
+    model = onnx.load(str(path))
+    floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    init = [i for i in floats if len(i.dims) == 1][-1]  # the output layer's bias
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] += delta
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(model, str(path))
+    manifest = Manifest.load(folder)
+    manifest.files[0].sha256, manifest.files[0].size = sha256_file(path), path.stat().st_size
+    manifest.save(folder)  # the integrity check passes: parity itself must catch this
+    return init.name
+
+
+def test_one_changed_onnx_weight_fails_parity(
+    trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    exports = _copy(artifacts, tmp_path)
+    _change_one_onnx_weight(exports / "onnx")
+    report = verify(trained_run / "model.ckpt", exports, data_dir=idx_dir)
+    rows = _rows(report)
+    assert {r.name for r in report.failing_rows()} == {"onnx", "onnx[onnxruntime-iobinding]"}
+    assert rows["onnx"].error is None  # it loaded and ran: the values are wrong
+    assert any("exceeds atol 0.0001" in reason for reason in rows["onnx"].reasons)
+    assert rows["onnx"].max_abs == pytest.approx(0.5, rel=1e-3)
+    judged = [name for name, s in report.input_sets.items() if s["judged"]]
+    for name in ("onnx", "onnx[onnxruntime-iobinding]"):  # each row keeps its own sets
+        assert [st.name for st in rows[name].sets] == judged
+        assert rows[name].reasons[0].count("main:") == 1
+    assert rows["torchscript"].status == PASS
+
+
+def test_tampered_artifact_fails_its_integrity_check(
+    trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    exports = _copy(artifacts, tmp_path)
+    path = exports / "onnx" / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the sha256 tells
+    path.write_bytes(bytes(data))
+    report = verify(trained_run / "model.ckpt", exports, data_dir=idx_dir, limit=32)
+    rows = _rows(report)
+    assert {r.name for r in report.failing_rows()} == {"onnx"}  # refused before any runtime
+    assert "does not match its manifest sha256" in rows["onnx"].error
+    assert rows["onnx"].max_abs is None  # never run
+    assert rows["torchscript"].status == PASS
+
+
+def test_cli_names_the_changed_onnx_row(
+    trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    exports = _copy(artifacts, tmp_path)
+    _change_one_onnx_weight(exports / "onnx")
+    result = run_cli(
+        "verify",
+        "--checkpoint", str(trained_run / "model.ckpt"),
+        "--exports", str(exports),
+        "--data_dir", str(idx_dir),
+        "--limit", "64",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("toolkit: error: parity failed for: onnx (")
+    assert "onnx[onnxruntime-iobinding] (" in line and "torchscript" not in line
+    assert "FAIL" in result.stdout and "torchscript" in result.stdout
+    assert "# Parity report: FAIL" in (exports / "parity.md").read_text()
+
+
+# -- the CLI, as a user runs it --------------------------------------------------------------
+def test_cli_verify_passes_with_exit_0(trained_run: Path, idx_dir: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "verify",
+        "--checkpoint", str(trained_run / "model.ckpt"),
+        "--exports", str(tmp_path),
+        "--data_dir", str(idx_dir),
+        "--limit", "64",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "parity: PASS" in result.stdout and "reload:model.safetensors" in result.stdout
+    assert json.loads((tmp_path / "parity.json").read_text())["samples"] == 64
+
+
+def test_cli_verify_wrong_inputs_shape_is_one_line(trained_run: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.zeros((3, 784), np.float32))
+    result = run_cli(
+        "verify", "--checkpoint", str(trained_run / "model.ckpt"), "--exports", str(tmp_path),
+        "--inputs", str(inputs),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"toolkit: error: inputs {inputs}: expected shape (N, 1, 28, 28), got (3, 784)"
+    )
