@@ -269,3 +269,18 @@ def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path) ->
     assert rerun.returncode == 0, rerun.stderr
     assert (out / "bench.json").read_text().startswith("{")
     assert not list(out.glob(".*"))
+
+
+def test_onnx_with_another_input_shape_fails_clearly(tmp_path: Path, trained_run: Path,
+                                                     idx_dir: Path) -> None:
+    from toolkit.export import export_model
+    from toolkit.models import build_model
+
+    other = build_model("mlp", num_features=100)  # the run's network takes 1x28x28
+    export_model(other, torch.rand(2, 100), ["onnx"], tmp_path / "exports")
+    proc = run_cli("verify", "--checkpoint", str(trained_run / "model.ckpt"), "--exports",
+                   str(tmp_path / "exports"), "--data_dir", str(idx_dir))
+    assert proc.returncode == 1
+    error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr
+    assert "does not match the model's (batch, 100)" in error[0]
