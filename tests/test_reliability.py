@@ -284,3 +284,38 @@ def test_onnx_with_another_input_shape_fails_clearly(tmp_path: Path, trained_run
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
     assert "does not match the model's (batch, 100)" in error[0]
+
+
+@pytest.fixture(scope="module")
+def small_exports(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
+    from toolkit.export import export_model
+    from toolkit.reload import load_network
+
+    out = tmp_path_factory.mktemp("exports")
+    export_model(load_network(trained_run / "model.ckpt"), None,
+                 ["onnx", "exported-program", "torchscript"], out, exporter="legacy")
+    return out
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_damaged_artifacts_fail_their_rows(tmp_path: Path, trained_run: Path, idx_dir: Path,
+                                           small_exports: Path, damage: str) -> None:
+    from toolkit.manifest import Manifest, sha256_file
+
+    exports = tmp_path / "exports"
+    shutil.copytree(small_exports, exports)
+    for fmt in ("onnx", "exported-program", "torchscript"):
+        manifest = Manifest.load(exports / fmt)
+        path = exports / fmt / manifest.model_file
+        data = path.read_bytes()
+        path.write_bytes(os.urandom(len(data)) if damage == "random" else data[: len(data) // 2])
+        manifest.files[0].sha256, manifest.files[0].size = sha256_file(path), path.stat().st_size
+        manifest.save(exports / fmt)  # past the hash check: the loaders must cope
+    proc = run_cli("verify", "--checkpoint", str(trained_run / "model.ckpt"), "--exports",
+                   str(exports), "--data_dir", str(idx_dir), "--limit", "50")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
+    assert len(error) == 1
+    for row in ("onnx (", "exported-program (", "torchscript ("):
+        assert row in error[0]
