@@ -271,15 +271,23 @@ def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path) ->
     assert not list(out.glob(".*"))
 
 
-def test_onnx_with_another_input_shape_fails_clearly(tmp_path: Path, trained_run: Path,
-                                                     idx_dir: Path) -> None:
+def test_onnx_with_another_input_shape_fails_clearly(
+    tmp_path: Path, trained_run: Path, idx_dir: Path
+) -> None:
     from toolkit.export import export_model
     from toolkit.models import build_model
 
     other = build_model("mlp", num_features=100)  # the run's network takes 1x28x28
     export_model(other, torch.rand(2, 100), ["onnx"], tmp_path / "exports")
-    proc = run_cli("verify", "--checkpoint", str(trained_run / "model.ckpt"), "--exports",
-                   str(tmp_path / "exports"), "--data_dir", str(idx_dir))
+    proc = run_cli(
+        "verify",
+        "--checkpoint",
+        str(trained_run / "model.ckpt"),
+        "--exports",
+        str(tmp_path / "exports"),
+        "--data_dir",
+        str(idx_dir),
+    )
     assert proc.returncode == 1
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
@@ -292,14 +300,20 @@ def small_exports(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -
     from toolkit.reload import load_network
 
     out = tmp_path_factory.mktemp("exports")
-    export_model(load_network(trained_run / "model.ckpt"), None,
-                 ["onnx", "exported-program", "torchscript"], out, exporter="legacy")
+    export_model(
+        load_network(trained_run / "model.ckpt"),
+        None,
+        ["onnx", "exported-program", "torchscript"],
+        out,
+        exporter="legacy",
+    )
     return out
 
 
 @pytest.mark.parametrize("damage", ["random", "truncated"])
-def test_damaged_artifacts_fail_their_rows(tmp_path: Path, trained_run: Path, idx_dir: Path,
-                                           small_exports: Path, damage: str) -> None:
+def test_damaged_artifacts_fail_their_rows(
+    tmp_path: Path, trained_run: Path, idx_dir: Path, small_exports: Path, damage: str
+) -> None:
     from toolkit.manifest import Manifest, sha256_file
 
     exports = tmp_path / "exports"
@@ -311,8 +325,17 @@ def test_damaged_artifacts_fail_their_rows(tmp_path: Path, trained_run: Path, id
         path.write_bytes(os.urandom(len(data)) if damage == "random" else data[: len(data) // 2])
         manifest.files[0].sha256, manifest.files[0].size = sha256_file(path), path.stat().st_size
         manifest.save(exports / fmt)  # past the hash check: the loaders must cope
-    proc = run_cli("verify", "--checkpoint", str(trained_run / "model.ckpt"), "--exports",
-                   str(exports), "--data_dir", str(idx_dir), "--limit", "50")
+    proc = run_cli(
+        "verify",
+        "--checkpoint",
+        str(trained_run / "model.ckpt"),
+        "--exports",
+        str(exports),
+        "--data_dir",
+        str(idx_dir),
+        "--limit",
+        "50",
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
