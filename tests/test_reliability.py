@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -292,6 +293,32 @@ def test_onnx_with_another_input_shape_fails_clearly(
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
     assert "does not match the model's (batch, 100)" in error[0]
+    bench = run_cli(
+        "bench",
+        "--checkpoint",
+        str(trained_run / "model.ckpt"),
+        "--exports",
+        str(tmp_path / "exports"),
+        "--output_dir",
+        str(tmp_path / "bench"),
+        "--batch_sizes",
+        "[1]",
+        "--min_time",
+        "0.02",
+        "--min_calls",
+        "5",
+        "--rounds",
+        "1",
+        "--runtimes",
+        "eager,onnxruntime",
+    )
+    assert bench.returncode == 0, bench.stderr
+    skipped = json.loads((tmp_path / "bench" / "bench.json").read_text())["skipped"]
+    assert any(
+        "artifact input shape (batch, 100) differs from the network's (batch, 1, 28, 28)"
+        in entry["reason"]
+        for entry in skipped
+    )
 
 
 @pytest.fixture(scope="module")

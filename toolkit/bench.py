@@ -577,6 +577,15 @@ def discover_runtimes(
         except ToolkitError as exc:
             skipped.append(Skipped(folder.name, "*", str(exc)))
             continue
+        network_shape = tuple(getattr(model, "input_shape", ()) or ())
+        artifact_shape = tuple(manifest.input_shape[1:])
+        if network_shape and artifact_shape != network_shape:
+            reason = (
+                f"artifact input shape (batch, {', '.join(map(str, artifact_shape))}) "
+                f"differs from the network's (batch, {', '.join(map(str, network_shape))})"
+            )
+            skipped.append(Skipped(manifest.runtime, "*", reason, manifest.format))
+            continue
         for runtime in (manifest.runtime, *EXTRA_RUNTIMES.get(manifest.format, ())):
             if not _wanted(runtime, manifest.format, wanted):
                 continue
