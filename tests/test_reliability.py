@@ -172,37 +172,13 @@ def test_disk_full_while_writing_weights(
 
 def test_killed_training_leaves_nothing_partial(tmp_path: Path, idx_dir: Path) -> None:
     out = tmp_path / "runs"
-    ok = run_cli(
-        "train",
-        "--data_dir",
-        str(idx_dir),
-        "--output_dir",
-        str(out),
-        "--run_name",
-        "r",
-        "--max_epochs",
-        "1",
-        "--trainer.limit_val_batches",
-        "1",
-    )
+    train = ["train", "--data_dir", str(idx_dir), "--output_dir", str(out), "--run_name", "r"]
+    short = ["--max_epochs", "1", "--trainer.limit_val_batches", "1"]
+    ok = run_cli(*train, *short)
     assert ok.returncode == 0, ok.stderr
     before = (out / "r" / "model.pt").read_bytes()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "toolkit",
-            "train",
-            "--data_dir",
-            str(idx_dir),
-            "--output_dir",
-            str(out),
-            "--run_name",
-            "r",
-            "--overwrite",
-            "--max_epochs",
-            "100000",
-        ],
+        [sys.executable, "-m", "toolkit", *train, "--overwrite", "--max_epochs", "100000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -213,20 +189,7 @@ def test_killed_training_leaves_nothing_partial(tmp_path: Path, idx_dir: Path) -
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert (out / "r" / "model.pt").read_bytes() == before  # earlier run intact
-    rerun = run_cli(
-        "train",
-        "--data_dir",
-        str(idx_dir),
-        "--output_dir",
-        str(out),
-        "--run_name",
-        "r",
-        "--overwrite",
-        "--max_epochs",
-        "1",
-        "--trainer.limit_val_batches",
-        "1",
-    )
+    rerun = run_cli(*train, "--overwrite", *short)
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in out.iterdir()) == ["r"]  # the killed run's leftovers are gone
 

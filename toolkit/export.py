@@ -325,12 +325,13 @@ def export_command(
         Format name → manifest.
     """
     from toolkit.models import input_shape_of
-    from toolkit.reload import load_network, read_weights
+    from toolkit.reload import network_from_weights, read_weights
 
     path = Path(checkpoint)
     names = resolve_formats(format)
-    _, saved_name, saved_kwargs = read_weights(path, trust_pickled_file)
-    network = load_network(path, network=model, trust_pickled_file=trust_pickled_file)
+    weights = read_weights(path, trust_pickled_file)  # read once: large checkpoints
+    _, saved_name, saved_kwargs = weights
+    network = network_from_weights(weights, str(path), network=model)
     out_dir = Path(output_dir) if output_dir else Path(EXPORTS_DIR) / path.resolve().parent.name
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(MIN_EXAMPLE_BATCH, *input_shape_of(network), generator=generator)

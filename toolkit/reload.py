@@ -161,13 +161,28 @@ def load_network(
     Returns:
         The rebuilt ``nn.Module`` in eval mode, on CPU.
     """
-    state_dict, saved_name, saved_kwargs = read_weights(path, trust_pickled_file)
+    weights = read_weights(path, trust_pickled_file)
+    return network_from_weights(weights, str(path), network, network_kwargs)
+
+
+def network_from_weights(
+    weights: tuple[dict[str, torch.Tensor], str | None, dict[str, Any]],
+    source: str,
+    network: str | None = None,
+    network_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build the network for what :func:`read_weights` returned and load it, in eval mode.
+
+    ``network`` and ``network_kwargs`` override the recorded name and kwargs; ``source``
+    names the file in error messages.
+    """
+    state_dict, saved_name, saved_kwargs = weights
     name = network or saved_name
     if name is None:
-        raise UsageError(f"{path} does not record its network; pass --model NAME (e.g. mlp)")
+        raise UsageError(f"{source} does not record its network; pass --model NAME (e.g. mlp)")
     kwargs = {**(saved_kwargs if saved_name in (None, name) else {}), **(network_kwargs or {})}
     model = build_model(name, **kwargs)
-    check_state_dict(model, state_dict, str(path))
+    check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict)
     return model.eval()
 
