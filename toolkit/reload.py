@@ -51,7 +51,11 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         raise CheckpointError(
             f"{path} is not a readable torch file (corrupt or truncated)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+    except Exception as exc:
+        # Damaged bytes reach torch's legacy unpickler, which fails with whatever its stack
+        # machine trips on (IndexError, TypeError, struct.error, ...). With weights_only the
+        # unpickler builds nothing but tensors and containers, so any failure here means an
+        # unreadable file, never a half-run object.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable torch file ({first})") from None
 
