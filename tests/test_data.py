@@ -96,6 +96,25 @@ def test_datamodule_split_and_batches(idx_dir: Path) -> None:
     assert dm.mnist_val.indices == dm2.mnist_val.indices
 
 
+def test_split_is_the_tutorials_random_split(idx_dir: Path) -> None:
+    """The stored splits hold exactly the samples the tutorial's ``random_split`` picks."""
+    from torch.utils.data import random_split
+
+    from toolkit.data import TensorImageDataset, load_split, to_float
+
+    dm = MNISTDataModule(str(idx_dir), seed=42)
+    dm.setup("fit")
+    images, labels = load_split("train", data_dir=str(idx_dir))
+    full = TensorImageDataset(images, labels)
+    train, val = random_split(full, [440, 40], generator=torch.Generator().manual_seed(42))
+    assert dm.mnist_train.indices == train.indices and dm.mnist_val.indices == val.indices
+    picks = [5, 0, 439, 17]  # a batch as a sampler hands it over, out of order
+    x, y = dm.mnist_train.__getitems__(picks)
+    expected = [train.indices[i] for i in picks]
+    assert torch.equal(x, to_float(images)[expected]) and torch.equal(y, labels[expected])
+    assert torch.equal(dm.mnist_val[3][0], full[val.indices[3]][0])
+
+
 def test_batches_match_torchvision_to_tensor(idx_dir: Path) -> None:
     from torchvision import transforms
 
