@@ -138,3 +138,17 @@ def test_real_fashion_mnist_default_split() -> None:
     assert (len(dm.mnist_train), len(dm.mnist_val), len(dm.mnist_test)) == (55_000, 5_000, 10_000)
     labels = dm.mnist_test.labels
     assert torch.equal(torch.bincount(labels), torch.full((10,), 1000))
+
+
+def test_eval_batch_size_applies_to_evaluation_loaders_only(idx_dir: Path) -> None:
+    from toolkit.errors import UsageError
+
+    dm = MNISTDataModule(str(idx_dir), batch_size=32, eval_batch_size=100)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape[0] == 32
+    for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.train_eval_dataloader()):
+        assert loader.batch_size == 100
+    assert [len(b[1]) for b in dm.test_dataloader()] == [100, 20]
+    assert MNISTDataModule(str(idx_dir), batch_size=32).eval_batch_size == 32
+    with pytest.raises(UsageError, match="eval_batch_size must be at least 1"):
+        MNISTDataModule(str(idx_dir), eval_batch_size=0)

@@ -157,3 +157,16 @@ def test_cnn_trains_and_reloads(tmp_path: Path, idx_dir: Path) -> None:
         assert torch.equal(
             load_network(Path(result.run_dir) / "model.safetensors")(probe), result.model(probe)
         )
+
+
+def test_progress_bar_redraws_every_20_steps_unless_the_user_sets_one() -> None:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from toolkit.train import _trainer
+
+    bar = _trainer(None, 1, 0, {"enable_progress_bar": True}).progress_bar_callback
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 20
+    own = TQDMProgressBar(refresh_rate=3)
+    trainer = _trainer(None, 1, 0, {"enable_progress_bar": True, "callbacks": [own]})
+    assert trainer.progress_bar_callback is own
+    assert _trainer(None, 1, 0, {"enable_progress_bar": False}).progress_bar_callback is None

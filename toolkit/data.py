@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from toolkit.errors import DataError, UnknownNameError
+from toolkit.errors import DataError, UnknownNameError, UsageError
 
 #: Registered data sets: CLI name → torchvision class name (also the cache sub-folder).
 DATASETS: dict[str, str] = {
@@ -273,6 +273,8 @@ class MNISTDataModule(L.LightningDataModule):
             (55,000/5,000 on the full 60,000).
         num_workers: DataLoader workers; 0 is fastest for in-memory tensor batches.
         download: Allow torchvision's download as the last resort.
+        eval_batch_size: Batch size of the validation, test and predict loaders; None means
+            ``batch_size``. It changes no accuracy, only how many steps a pass takes.
     """
 
     def __init__(
@@ -284,9 +286,14 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        eval_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         _class_name(dataset)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        self.eval_batch_size = eval_batch_size or batch_size
         self.data_dir = data_dir
         self.dataset = dataset
         self.batch_size = batch_size
@@ -315,12 +322,12 @@ class MNISTDataModule(L.LightningDataModule):
         )
         self.mnist_predict = self.mnist_test
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
             num_workers=self.num_workers,
             collate_fn=batch_collate,
             persistent_workers=self.num_workers > 0,
@@ -328,20 +335,20 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (drop_last, as in the tutorial)."""
-        return self._loader(self.mnist_train, shuffle=True, drop_last=True)
+        return self._loader(self.mnist_train, train=True)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""
-        return self._loader(self.mnist_val, shuffle=False)
+        return self._loader(self.mnist_val)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches."""
-        return self._loader(self.mnist_test, shuffle=False)
+        return self._loader(self.mnist_test)
 
     def predict_dataloader(self) -> DataLoader:
         """Prediction batches (the test split)."""
-        return self._loader(self.mnist_predict, shuffle=False)
+        return self._loader(self.mnist_predict)
 
     def train_eval_dataloader(self) -> DataLoader:
         """The training subset in order, for measuring train accuracy."""
-        return self._loader(self.mnist_train, shuffle=False)
+        return self._loader(self.mnist_train)

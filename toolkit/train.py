@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 from toolkit.atomic import (
     atomic_path,
@@ -107,9 +108,15 @@ def _trainer(
     options = dict(options or {})
     if "max_epochs" in options and options["max_epochs"] != max_epochs:
         raise UsageError("give max_epochs once: --max_epochs, not also --trainer.max_epochs")
+    settings = {**defaults, **options}
+    callbacks = list(settings.get("callbacks") or [])
+    if settings["enable_progress_bar"] and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # Lightning's default bar redraws and recomputes its metrics every step, ~0.1 ms on
+        # this CPU for a ~1 ms MLP step; 20 steps per redraw is still live progress.
+        settings["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=20)]
     L.seed_everything(seed, verbose=False)
     try:
-        return L.Trainer(**{**defaults, **options})
+        return L.Trainer(**settings)
     except TypeError as exc:
         raise UsageError(f"bad Trainer option: {exc}") from None
 
@@ -189,6 +196,7 @@ def train(
     overwrite: bool = False,
     num_workers: int = 0,
     trainer: dict[str, Any] | None = None,
+    eval_batch_size: int = 1000,
 ) -> TrainResult:
     """Train a registered network on MNIST-format data and write a run folder.
 
@@ -214,6 +222,8 @@ def train(
         overwrite: Replace an existing run folder of the same name.
         num_workers: DataLoader workers (0 is fastest for in-memory tensors).
         trainer: Extra ``lightning.Trainer`` options (strategy, devices, precision, ...).
+        eval_batch_size: Batch size of the per-epoch validation and of the final accuracy
+            passes. It changes no accuracy; larger batches take fewer (~1 ms) Lightning steps.
 
     Returns:
         A :class:`TrainResult`, also written as ``run.json``.
@@ -222,7 +232,14 @@ def train(
     build_model(model, **model_kwargs)  # fail fast on a bad name or kwargs
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES.get(model, 0.001)
-    data = MNISTDataModule(data_dir, dataset, batch_size, seed, num_workers=num_workers)
+    data = MNISTDataModule(
+        data_dir,
+        dataset,
+        batch_size,
+        seed,
+        num_workers=num_workers,
+        eval_batch_size=eval_batch_size,
+    )
     data.prepare_data()  # find the data before any output is created
     staged = os.environ.get(_STAGING_ENV)
     if staged:  # a DDP child process: the launching process chose the folders
@@ -336,7 +353,7 @@ def evaluate(
     model_kwargs: dict[str, Any] | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
-    batch_size: int = 64,
+    batch_size: int = 1000,
     seed: int = 42,
     accelerator: str = "auto",
     trust_pickled_file: bool = False,
@@ -345,7 +362,8 @@ def evaluate(
 
     Give either ``checkpoint`` (a ``.ckpt``, loaded with ``load_from_checkpoint``) or
     ``weights`` (a state_dict ``.pt`` or ``.safetensors``; ``model`` names the network when
-    the file does not record it).
+    the file does not record it). ``batch_size`` is the evaluation batch; it changes no
+    accuracy, and 1000 takes far fewer Lightning steps than the tutorial's 64.
 
     Returns:
         ``{"train_acc": ..., "val_acc": ..., "test_acc": ...}``.
