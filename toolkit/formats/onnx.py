@@ -8,13 +8,15 @@ derived ``onnx-fp16`` and ``onnx-int8`` formats.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -133,7 +135,8 @@ def export_onnx_file(
     exporter: str = "dynamo",
     opset: int | None = None,
     external_data: bool | None = None,
-) -> OnnxInfo:
+    check: bool = True,
+) -> OnnxInfo | None:
     """Export ``model`` to ``path`` (fp32) with a dynamic batch axis, then check the file.
 
     Args:
@@ -143,6 +146,7 @@ def export_onnx_file(
         exporter: ``dynamo`` (``torch.export``-based) or ``legacy`` (TorchScript-based).
         opset: ONNX opset; None lets the exporter choose.
         external_data: Store weights in ``<name>.data``; None: only above 100 MiB.
+        check: Run :func:`check_onnx_file` and return its info (else return None).
 
     Raises:
         UsageError: unknown exporter.
@@ -167,7 +171,7 @@ def export_onnx_file(
         raise ExportError(
             f"ONNX export ({exporter}) of {type(model).__name__} failed: {first_line(exc)}{hint}"
         ) from exc
-    return check_onnx_file(path)
+    return check_onnx_file(path) if check else None
 
 
 def _export_dynamo(
@@ -246,11 +250,19 @@ def onnx_manifest(
 
 @FORMATS.register("onnx")
 class OnnxFormat(Format):
-    """fp32 ONNX with a dynamic batch axis, run by onnxruntime."""
+    """fp32 ONNX with a dynamic batch axis, run by onnxruntime.
+
+    :meth:`export` is shared by the ONNX family: :meth:`write` puts ``model.onnx`` in
+    place, then the file is checked with ``onnx.checker`` and the manifest is written.
+    """
 
     name = "onnx"
     runtime = "onnxruntime"
     suffix = ".onnx"
+    #: What turns the fp32 export into this format, for the manifest's exporter field.
+    tool: ClassVar[str | None] = None
+    #: One line for the manifest's notes.
+    note: ClassVar[str | None] = None
 
     def export(
         self,
@@ -271,17 +283,74 @@ class OnnxFormat(Format):
             exporter: ``dynamo`` (default) or ``legacy`` (faster; some models need it).
             opset: ONNX opset; None lets the exporter choose.
             external_data: Force (True) or forbid (False) an external-data file.
-            options: Options meant for other formats (ignored).
+            options: This format's own options (see :meth:`write`); others are ignored.
         """
-        info = export_onnx_file(
-            model, example_input, out_dir / MODEL_FILE, exporter, opset, external_data
-        )
+        path = out_dir / MODEL_FILE
+        settings = self.write(model, example_input, path, exporter, opset, external_data, **options)
+        info = check_onnx_file(path)
+        tool = f"torch.onnx.export ({exporter})" + (f" + {self.tool}" if self.tool else "")
         return onnx_manifest(
             self,
             out_dir,
             example_input,
             info,
-            f"torch.onnx.export ({exporter})",
-            {"exporter": exporter, "opset": opset, "external_data": external_data},
-            [],
+            tool,
+            {"exporter": exporter, "opset": opset, "external_data": external_data, **settings},
+            [self.note] if self.note else [],
         )
+
+    def write(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        path: Path,
+        exporter: str,
+        opset: int | None,
+        external_data: bool | None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Write the model file at ``path``; return the settings to record in the manifest."""
+        export_onnx_file(model, example_input, path, exporter, opset, external_data, check=False)
+        return {}
+
+
+class DerivedOnnxFormat(OnnxFormat):
+    """An ONNX format made from a temporary fp32 export (``onnx-fp16``, ``onnx-int8``).
+
+    The fp32 model goes to a temporary folder inside ``out_dir`` and :meth:`derive` writes
+    ``model.onnx`` from it, whose outputs on the example input must be finite. Such formats
+    are judged by labels and accuracy, not by elementwise tolerances.
+    """
+
+    judged_by_labels = True
+    #: Short name for messages ("fp16", "int8").
+    kind: ClassVar[str]
+
+    def write(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        path: Path,
+        exporter: str,
+        opset: int | None,
+        external_data: bool | None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Export fp32 ONNX to a temporary file and derive ``path`` from it."""
+        with tempfile.TemporaryDirectory(prefix=".fp32-", dir=path.parent) as tmp:
+            fp32 = Path(tmp) / MODEL_FILE
+            export_onnx_file(model, example_input, fp32, exporter, opset, external_data=False)
+            settings = self.derive(model, fp32, path, external_data, **options)
+        check_finite_outputs(path, example_input, self.kind)  # reduced precision can overflow
+        return settings
+
+    @abc.abstractmethod
+    def derive(
+        self,
+        model: nn.Module,
+        fp32: Path,
+        path: Path,
+        external_data: bool | None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Write ``path`` from the fp32 file; return the settings to record in the manifest."""

@@ -10,25 +10,14 @@ outputs on the example input are not finite fails instead of being written.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from toolkit.errors import MissingDependencyError
-from toolkit.formats.base import FORMATS, Format
-from toolkit.formats.onnx import (
-    MODEL_FILE,
-    check_finite_outputs,
-    check_onnx_file,
-    export_onnx_file,
-    import_onnx,
-    onnx_manifest,
-    save_onnx_model,
-)
-from toolkit.manifest import Manifest
+from toolkit.formats.base import FORMATS
+from toolkit.formats.onnx import DerivedOnnxFormat, import_onnx, save_onnx_model
 
 #: Ops kept in fp32 on top of the converter's default block list.
 FP32_OPS = ("ReduceMean",)
@@ -55,60 +44,27 @@ def convert_to_fp16(model: Any) -> Any:
 
 
 @FORMATS.register("onnx-fp16")
-class OnnxFp16Format(Format):
+class OnnxFp16Format(DerivedOnnxFormat):
     """ONNX in half precision (weights and compute), float32 at the boundary."""
 
     name = "onnx-fp16"
-    runtime = "onnxruntime"
-    suffix = ".onnx"
     atol = 1e-2
     rtol = 1e-2
     min_agreement = 0.99
     max_accuracy_drop = 0.005
-    judged_by_labels = True
+    kind = "fp16"
+    tool = "onnxruntime convert_float_to_float16"
+    note = "fp16 weights and compute; inputs and outputs stay float32"
 
-    def export(
+    def derive(
         self,
         model: nn.Module,
-        example_input: torch.Tensor,
-        out_dir: Path,
-        exporter: str = "dynamo",
-        opset: int | None = None,
-        external_data: bool | None = None,
+        fp32: Path,
+        path: Path,
+        external_data: bool | None,
         **options: Any,
-    ) -> Manifest:
-        """Export fp32 ONNX to a temporary file, convert it to fp16, save ``model.onnx``.
-
-        Args:
-            model: Plain module in eval mode, on CPU.
-            example_input: A batch of at least 2.
-            out_dir: Empty folder to write into.
-            exporter: ``dynamo`` (default) or ``legacy``, for the fp32 export.
-            opset: ONNX opset; None lets the exporter choose.
-            external_data: Force (True) or forbid (False) an external-data file.
-            options: Options meant for other formats (ignored).
-        """
-        onnx = import_onnx()
-        with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out_dir) as tmp:
-            fp32 = Path(tmp) / MODEL_FILE
-            export_onnx_file(model, example_input, fp32, exporter, opset, external_data=False)
-            converted = convert_to_fp16(onnx.load(str(fp32)))
-        path = out_dir / MODEL_FILE
+    ) -> dict[str, Any]:
+        """Convert the fp32 file to fp16 (fp32 inputs and outputs) and save it at ``path``."""
+        converted = convert_to_fp16(import_onnx().load(str(fp32)))
         save_onnx_model(converted, path, external_data)
-        info = check_onnx_file(path)
-        check_finite_outputs(path, example_input, "fp16")
-        return onnx_manifest(
-            self,
-            out_dir,
-            example_input,
-            info,
-            f"torch.onnx.export ({exporter}) + onnxruntime convert_float_to_float16",
-            {
-                "exporter": exporter,
-                "opset": opset,
-                "external_data": external_data,
-                "keep_io_types": True,
-                "fp32_ops": list(FP32_OPS),
-            },
-            ["fp16 weights and compute; inputs and outputs stay float32"],
-        )
+        return {"keep_io_types": True, "fp32_ops": list(FP32_OPS)}
