@@ -110,8 +110,8 @@ class LightningModel(L.LightningModule):
         return loss, true_labels, predicted_labels
 
     # Lightning sets `_current_fx_name` on the module around every hook call, about 25 times
-    # per training step; nn.Module.__setattr__ spends ~5 µs on each checking for Parameters,
-    # Modules and buffers. The attribute is a plain string, so it skips those checks.
+    # per training step, and nn.Module.__setattr__ spends microseconds on each checking for
+    # Parameters, Modules and buffers. The attribute is a plain string: it skips the checks.
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
@@ -119,7 +119,7 @@ class LightningModel(L.LightningModule):
             super().__setattr__(name, value)
 
     # The training step keeps its predictions, labels and loss and hands them to the
-    # torchmetrics objects once per epoch: a metric update costs ~0.1 ms and a `self.log`
+    # torchmetrics objects once per epoch: a metric update costs tens of µs and a `self.log`
     # of a metric ~1 ms on a CPU, as much as the MLP's whole step. Accuracy is a count of
     # hits and the loss a mean, so one update per epoch gives the same values.
     def training_step(
