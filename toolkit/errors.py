@@ -71,3 +71,10 @@ class CheckFailedError(ToolkitError):
 
 class MissingDependencyError(UsageError):
     """An optional dependency is not installed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (or its type name), for one-line
+    error messages that quote what a library said."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__

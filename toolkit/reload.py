@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolkit.errors import CheckpointError, UnsafeFileError, UsageError
+from toolkit.errors import CheckpointError, UnsafeFileError, UsageError, first_line
 from toolkit.models import build_model
 
 #: Name of the sidecar JSON written next to the weights by ``toolkit train``.
@@ -56,8 +56,7 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         # machine trips on (IndexError, TypeError, struct.error, ...). With weights_only the
         # unpickler builds nothing but tensors and containers, so any failure here means an
         # unreadable file, never a half-run object.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable torch file ({first})") from None
+        raise CheckpointError(f"{path} is not a readable torch file ({first_line(exc)})") from None
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

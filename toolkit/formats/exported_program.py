@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolkit.errors import ExportError
+from toolkit.errors import ExportError, first_line
 from toolkit.formats.base import FORMATS, Format
 from toolkit.manifest import Manifest
 
@@ -29,10 +29,8 @@ def export_program(model: nn.Module, example_input: torch.Tensor) -> Any:
                 model, (example_input,), dynamic_shapes=({0: torch.export.Dim("batch")},)
             )
     except Exception as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise ExportError(
-            f"torch.export of {type(model).__name__} failed: "
-            f"{lines[0] if lines else type(exc).__name__}"
+            f"torch.export of {type(model).__name__} failed: {first_line(exc)}"
         ) from exc
 
 

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.errors import ExportError, MissingDependencyError, ToolkitError, UsageError
+from toolkit.errors import (
+    ExportError,
+    MissingDependencyError,
+    ToolkitError,
+    UsageError,
+    first_line,
+)
 from toolkit.formats.base import FORMATS, Format
 from toolkit.manifest import Manifest
 
@@ -43,12 +49,6 @@ def import_onnx() -> Any:
             "ONNX export needs the 'onnx' package: pip install onnx"
         ) from None
     return onnx
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (or its type name)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -15,11 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from toolkit.errors import ExportError, MissingDependencyError
+from toolkit.errors import ExportError, MissingDependencyError, first_line
 from toolkit.formats.base import FORMATS
 from toolkit.formats.onnx import (
     DerivedOnnxFormat,
-    first_line,
     wants_external_data,
     weight_bytes,
 )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolkit.errors import ExportError
+from toolkit.errors import ExportError, first_line
 from toolkit.formats.base import FORMATS, Format
 from toolkit.manifest import Manifest
 
@@ -107,10 +107,8 @@ class TorchScriptFormat(Format):
                 "(shape-dependent code); try --script, or the exported-program format"
             ) from exc
         except Exception as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             raise ExportError(
-                f"torch.jit.{method} of {type(model).__name__} failed: "
-                f"{lines[0] if lines else type(exc).__name__}"
+                f"torch.jit.{method} of {type(model).__name__} failed: {first_line(exc)}"
             ) from exc
         module.save(str(out_dir / MODEL_FILE))
         notes = [LEGACY_NOTE]

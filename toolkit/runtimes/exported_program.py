@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, first_line
 from toolkit.runtimes.base import RUNTIMES, ArtifactRunner
 
 
@@ -37,10 +37,8 @@ class ExportedProgramRunner(ArtifactRunner):
                 program = torch.export.load(str(path))
             self.module = program.module().to(self.device)
         except Exception as exc:
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
             raise CheckpointError(
-                f"{path} cannot be loaded by torch.export.load "
-                f"({first or type(exc).__name__}); export it again"
+                f"{path} cannot be loaded by torch.export.load ({first_line(exc)}); export it again"
             ) from None
         finally:
             export_log.disabled = disabled

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.errors import CheckpointError, MissingDependencyError, UsageError
+from toolkit.errors import CheckpointError, MissingDependencyError, UsageError, first_line
 from toolkit.runtimes.base import RUNTIMES, ArtifactRunner
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -80,9 +80,8 @@ class OnnxRuntimeRunner(ArtifactRunner):
                 str(path), sess_options=self.session_options(ort), providers=providers
             )
         except _load_errors(ort) as exc:
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
             raise CheckpointError(
-                f"onnxruntime cannot load {path} ({first or type(exc).__name__}); export it again"
+                f"onnxruntime cannot load {path} ({first_line(exc)}); export it again"
             ) from None
         if self.device.type == "cuda" and self.session.get_providers()[0] != CUDA_PROVIDER:
             raise UsageError(

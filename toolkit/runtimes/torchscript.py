@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, first_line
 from toolkit.runtimes.base import RUNTIMES, ArtifactRunner
 
 
@@ -32,10 +32,8 @@ class TorchScriptRunner(ArtifactRunner):
                 warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
                 self.module = torch.jit.load(str(path), map_location=self.device)
         except (RuntimeError, ValueError, OSError) as exc:
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
             raise CheckpointError(
-                f"{path} cannot be loaded by torch.jit.load ({first or type(exc).__name__}); "
-                "export it again"
+                f"{path} cannot be loaded by torch.jit.load ({first_line(exc)}); export it again"
             ) from None
         self.module.eval()
 
