@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import lightning as L
@@ -14,24 +15,72 @@ from toolkit.models import PyTorchMLP
 from toolkit.module import Adam, LightningModel
 
 
-def _steps(optimizer_class: type[torch.optim.Optimizer], **kwargs: object) -> list[torch.Tensor]:
+def _steps(
+    optimizer_class: type[torch.optim.Optimizer], steps: int = 5, **kwargs: object
+) -> list[torch.Tensor]:
     torch.manual_seed(0)
     net = PyTorchMLP(784, 10)
-    optimizer = optimizer_class(net.parameters(), lr=1e-3, **kwargs)
+    frozen = net.all_layers[3].bias  # gets no gradient from step 3 on
+    optimizer = optimizer_class(net.parameters(), **{"lr": 1e-3, **kwargs})
     generator = torch.Generator().manual_seed(1)
-    for _ in range(5):
+    for i in range(steps):
         x = torch.rand(8, 1, 28, 28, generator=generator)
         y = torch.randint(0, 10, (8,), generator=generator)
         optimizer.zero_grad()
+        frozen.requires_grad_(i < 3)
         F.cross_entropy(net(x), y).backward()
         optimizer.step()
-    return [p.detach().clone() for p in net.parameters()]
+    return [p.detach().clone() for p in net.parameters()] + [
+        t.clone() for state in optimizer.state.values() for t in state.values()
+    ]
 
 
-@pytest.mark.parametrize("fused", [True, None])
-def test_adam_updates_exactly_as_torch_adam(fused: bool | None) -> None:
-    ours, theirs = _steps(Adam, fused=fused), _steps(torch.optim.Adam, fused=fused)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fused": True},
+        {"fused": None},
+        {"fused": True, "amsgrad": True},
+        {"fused": True, "weight_decay": 0.1, "maximize": True},
+        {"fused": True, "decoupled_weight_decay": True, "weight_decay": 0.1},
+        {"fused": True, "lr": torch.tensor(1e-3)},
+    ],
+    ids=["fused", "default", "amsgrad", "decay-maximize", "adamw", "tensor-lr"],
+)
+def test_adam_updates_exactly_as_torch_adam(kwargs: dict[str, object]) -> None:
+    ours, theirs = _steps(Adam, 8, **kwargs), _steps(torch.optim.Adam, 8, **kwargs)
+    assert len(ours) == len(theirs)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_adam_fast_path_is_taken_and_runs_step_hooks_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])  # torch wraps its own step too
+    torch_calls = []
+    group = torch.optim.Optimizer._group_tensors_by_device_and_dtype
+
+    def counting_group(*args: object, **kwargs: object) -> object:
+        torch_calls.append(1)  # only torch's own step groups tensors
+        return group(*args, **kwargs)
+
+    monkeypatch.setattr(
+        torch.optim.Optimizer, "_group_tensors_by_device_and_dtype", staticmethod(counting_group)
+    )
+    param = torch.nn.Parameter(torch.ones(4))
+    optimizer = Adam([param], lr=0.1, fused=True)
+    hook_calls = []
+    optimizer.register_step_pre_hook(lambda *args: hook_calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *args: hook_calls.append("post"))
+    for _ in range(3):
+        optimizer.zero_grad()
+        param.sum().backward()
+        optimizer.step()
+    assert hook_calls == ["pre", "post"] * 3
+    assert len(torch_calls) == 1  # torch's first step creates the state, then the fast path
+    assert float(optimizer.state[param]["step"]) == 3.0
+    loss = optimizer.step(lambda: torch.tensor(5.0))  # a closure's loss is returned
+    assert float(loss) == 5.0
 
 
 def test_adam_skips_the_capture_probe_only_for_cpu_parameters(
@@ -94,3 +143,46 @@ def test_current_fx_name_bypass_keeps_module_attributes_working() -> None:
     assert "_current_fx_name" not in model._modules and "_current_fx_name" not in model._buffers
     model.extra = torch.nn.Linear(2, 2)  # other attributes still go through nn.Module
     assert "extra" in model._modules
+
+
+def test_adam_zero_grad_sets_none_or_zeros() -> None:
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = Adam([param], lr=0.1, fused=True)
+    param.sum().backward()
+    optimizer.zero_grad(set_to_none=False)
+    assert param.grad is not None and torch.equal(param.grad, torch.zeros(3))
+    param.sum().backward()
+    optimizer.zero_grad()
+    assert param.grad is None
+
+
+def test_cpu_batches_skip_the_transfer_walk_only_when_nothing_would_move() -> None:
+    model = LightningModel(network="mlp")
+    cpu = torch.device("cpu")
+    batch = (torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    assert model.transfer_batch_to_device(batch, cpu, 0) is batch
+    nested = {"x": batch[0]}  # not a flat tuple: Lightning's own transfer, a new dict
+    moved = model.transfer_batch_to_device(nested, cpu, 0)
+    assert moved is not nested and moved["x"] is batch[0]
+    meta = torch.device("meta")  # another device: Lightning moves the tensors
+    assert all(t.device == meta for t in model.transfer_batch_to_device(batch, meta, 0))
+
+
+def test_stored_training_step_signature_matches_the_method() -> None:
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+
+    model = LightningModel(network="mlp")
+    stored = LightningModel.training_step.__signature__
+    del LightningModel.training_step.__signature__
+    try:
+        assert inspect.signature(LightningModel.training_step) == stored
+    finally:
+        LightningModel.training_step.__signature__ = stored
+    assert is_param_in_hook_signature(model.training_step, "batch_idx", min_args=2)
+
+    class NoIndex(LightningModel):
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return super().training_step(batch, 0)
+
+    no_index = NoIndex(network="mlp").training_step
+    assert not is_param_in_hook_signature(no_index, "batch_idx", min_args=2)
