@@ -170,3 +170,35 @@ def test_progress_bar_redraws_every_20_steps_unless_the_user_sets_one() -> None:
     trainer = _trainer(None, 1, 0, {"enable_progress_bar": True, "callbacks": [own]})
     assert trainer.progress_bar_callback is own
     assert _trainer(None, 1, 0, {"enable_progress_bar": False}).progress_bar_callback is None
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_denormals_are_flushed_while_training_and_restored_after(
+    tmp_path: Path, idx_dir: Path, flush: bool
+) -> None:
+    import lightning as L
+
+    from toolkit.train import _denormals_are_flushed
+
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, *args: object) -> None:
+            seen.append(_denormals_are_flushed())
+
+    assert not _denormals_are_flushed()
+    train(
+        model="mlp",
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        flush_denormal=flush,
+        trainer={
+            "accelerator": "cpu",
+            "devices": 1,
+            "callbacks": [Record()],
+            "limit_train_batches": 2,
+        },
+    )
+    assert seen == [flush, flush]
+    assert not _denormals_are_flushed()

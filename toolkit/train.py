@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -9,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,7 @@ def train(
     num_workers: int = 0,
     trainer: dict[str, Any] | None = None,
     eval_batch_size: int = 1000,
+    flush_denormal: bool = True,
 ) -> TrainResult:
     """Train a registered network on MNIST-format data and write a run folder.
 
@@ -224,10 +227,74 @@ def train(
         trainer: Extra ``lightning.Trainer`` options (strategy, devices, precision, ...).
         eval_batch_size: Batch size of the per-epoch validation and of the final accuracy
             passes. It changes no accuracy; larger batches take fewer (~1 ms) Lightning steps.
+        flush_denormal: Treat denormal floats (magnitude below 1.2e-38) as zero on the CPU
+            while training (``torch.set_flush_denormal``); the setting is restored after.
+            Adam's running means of weights that get no gradient decay into denormals, and
+            each costs the CPU ~100 cycles: the MLP's Adam step took 200-280 µs instead of
+            ~30 µs after three epochs. Intra-op threads started earlier in the process keep
+            their own setting, so call ``train`` before other CPU work for the full effect.
 
     Returns:
         A :class:`TrainResult`, also written as ``run.json``.
     """
+    with _denormals_flushed(flush_denormal):
+        return _train(
+            model,
+            model_kwargs,
+            dataset,
+            data_dir,
+            max_epochs,
+            batch_size,
+            learning_rate,
+            seed,
+            output_dir,
+            run_name,
+            overwrite,
+            num_workers,
+            trainer,
+            eval_batch_size,
+        )
+
+
+def _denormals_are_flushed() -> bool:
+    """Whether this thread flushes denormals (a denormal times one gives zero)."""
+    return float(torch.tensor(1e-39, dtype=torch.float32).mul(1.0)) == 0.0
+
+
+@contextlib.contextmanager
+def _denormals_flushed(enabled: bool) -> Iterator[None]:
+    """``torch.set_flush_denormal(True)`` for the block, then the thread's earlier setting.
+
+    Threads inherit the setting when they are created, so intra-op threads that the block
+    starts keep it.
+    """
+    if not enabled or _denormals_are_flushed():
+        yield
+        return
+    changed = torch.set_flush_denormal(True)  # False where the CPU has no such mode
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
+def _train(
+    model: str,
+    model_kwargs: dict[str, Any] | None,
+    dataset: str,
+    data_dir: str | None,
+    max_epochs: int,
+    batch_size: int,
+    learning_rate: float | None,
+    seed: int,
+    output_dir: str,
+    run_name: str | None,
+    overwrite: bool,
+    num_workers: int,
+    trainer: dict[str, Any] | None,
+    eval_batch_size: int,
+) -> TrainResult:
     model_kwargs = dict(model_kwargs or {})
     build_model(model, **model_kwargs)  # fail fast on a bad name or kwargs
     if learning_rate is None:
