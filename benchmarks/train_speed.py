@@ -7,10 +7,12 @@ accelerator="auto", devices="auto", deterministic=True)`` with its default progr
 logger, checkpointing and model summary. The toolkit side is ``toolkit.train.train`` with
 its progress bar and summary on, as on a terminal (bars are drawn into a buffer, not shown).
 ``--no-extras`` turns all of those off on both sides. Both train the tutorial MLP for the
-same number of epochs at batch size 64 (seed 42), one after the other in one process, and
-the script prints the ``Trainer.fit`` wall times (data setup included) and their ratio.
+same number of epochs at batch size 64 (seed 42), one after the other, each in a fresh
+Python process, and the script prints the ``Trainer.fit`` wall times (data setup included)
+and their ratio. ``--rounds N`` repeats the pair, alternating which side goes first, and
+prints the median ratio: on a shared machine single runs vary by up to 30%.
 
-Run: ``python benchmarks/train_speed.py --epochs 10``
+Run: ``python benchmarks/train_speed.py --epochs 10 --rounds 3``
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -141,40 +147,69 @@ def run_toolkit(epochs: int, output_dir: str, as_written: bool = True) -> dict:
     return {"fit_s": result.fit_seconds, "test_acc": result.test_acc}
 
 
+def _run_side(side: str, epochs: int, as_written: bool) -> dict:
+    """One pipeline in a fresh interpreter, so neither side inherits the other's warm
+    caches, thread pools or floating-point mode."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "side.json")
+        command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)]
+        command += ["--json", out] + ([] if as_written else ["--no-extras"])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"the {side} pipeline failed:\n{done.stderr[-3000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
 def main() -> None:
-    """Run both pipelines and print their times and the speed-up."""
+    """Run both pipelines ``--rounds`` times and print their times and the speed-ups."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat both sides, alternating")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument(
         "--no-extras",
         action="store_true",
         help="turn off progress bars, loggers, checkpointing and summaries on both sides",
     )
+    parser.add_argument("--side", choices=["toolkit", "tutorial"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    locate_data("fashion-mnist")  # unpack once, outside both timings
-    torch.set_num_threads(torch.get_num_threads())
     as_written = not args.no_extras
-    with tempfile.TemporaryDirectory() as output_dir:
-        toolkit = run_toolkit(args.epochs, output_dir, as_written)
-    with tempfile.TemporaryDirectory() as output_dir:
-        tutorial = run_tutorial(args.epochs, output_dir, as_written)
-    result = {
-        "epochs": args.epochs,
-        "trainer_extras": as_written,
-        "threads": torch.get_num_threads(),
-        "toolkit": toolkit,
-        "tutorial": tutorial,
-        "speedup": tutorial["fit_s"] / toolkit["fit_s"],
-    }
+    if args.side:  # a child process: one pipeline, figures to --json
+        run = run_toolkit if args.side == "toolkit" else run_tutorial
+        with tempfile.TemporaryDirectory() as output_dir:
+            figures = run(args.epochs, output_dir, as_written)
+        with open(args.json, "w") as f:
+            json.dump(figures, f)
+        return
+    locate_data("fashion-mnist")  # unpack once, outside both timings
     print(
-        f"{args.epochs} epochs, mlp, batch 64, Fashion-MNIST, {result['threads']} threads, "
-        f"progress bars/loggers/checkpoints {'on' if as_written else 'off'}\n"
-        f"  tutorial pipeline: {tutorial['fit_s']:7.1f} s  test acc {tutorial['test_acc']:.4f}\n"
-        f"  toolkit pipeline:  {toolkit['fit_s']:7.1f} s  test acc {toolkit['test_acc']:.4f}\n"
-        f"  speed-up: {result['speedup']:.1f}x"
+        f"{args.epochs} epochs, mlp, batch 64, Fashion-MNIST, {torch.get_num_threads()} threads, "
+        f"progress bars/loggers/checkpoints {'on' if as_written else 'off'}, "
+        "each pipeline in a fresh process",
+        flush=True,
+    )
+    rounds = []
+    for i in range(args.rounds):
+        order = ("toolkit", "tutorial") if i % 2 == 0 else ("tutorial", "toolkit")
+        figures = {side: _run_side(side, args.epochs, as_written) for side in order}
+        figures["speedup"] = figures["tutorial"]["fit_s"] / figures["toolkit"]["fit_s"]
+        rounds.append(figures)
+        print(
+            f"  round {i + 1}: tutorial {figures['tutorial']['fit_s']:6.1f} s "
+            f"(test acc {figures['tutorial']['test_acc']:.4f}), "
+            f"toolkit {figures['toolkit']['fit_s']:5.1f} s "
+            f"(test acc {figures['toolkit']['test_acc']:.4f}): "
+            f"speed-up {figures['speedup']:.1f}x",
+            flush=True,
+        )
+    speedups = [r["speedup"] for r in rounds]
+    print(
+        f"  speed-up median {statistics.median(speedups):.1f}x "
+        f"(min {min(speedups):.1f}x, max {max(speedups):.1f}x over {len(rounds)} rounds)"
     )
     if args.json:
+        result = {"epochs": args.epochs, "trainer_extras": as_written, "rounds": rounds}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
 
