@@ -18,7 +18,7 @@ from toolkit.models import build_model, input_shape_of
 class Adam(torch.optim.Adam):
     """``torch.optim.Adam`` with less Python around each step for fused CPU parameters.
 
-    Two costs of torch's step are skipped where they cannot matter; the update itself is
+    Three costs of torch's step are skipped where they cannot matter; the update itself is
     torch's fused kernel with the same arguments, so results are bit-identical:
 
     * Before every step torch's Adam asks whether a CUDA/XPU graph is being captured. Until
@@ -92,7 +92,7 @@ class Adam(torch.optim.Adam):
             if (
                 not group["fused"]
                 or group["differentiable"]
-                or group["decoupled_weight_decay"]
+                or group.get("decoupled_weight_decay", False)
                 or isinstance(group["lr"], torch.Tensor)
                 or any(p.device.type != "cpu" for p in group["params"])
             ):
