@@ -83,6 +83,62 @@ def test_adam_fast_path_is_taken_and_runs_step_hooks_once(
     assert float(loss) == 5.0
 
 
+def test_adam_applies_torchs_step_wrapper_only_when_it_has_work() -> None:
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    param = torch.nn.Parameter(torch.ones(4))
+    optimizer = Adam([param], lr=0.1, fused=True)
+    assert not hasattr(Adam.step, "__wrapped__")  # torch did not wrap this class's step
+    calls = []
+    handle = register_optimizer_step_pre_hook(lambda *args: calls.append("global"))
+    try:
+        for _ in range(2):
+            param.sum().backward()
+            optimizer.step()
+    finally:
+        handle.remove()
+    assert calls == ["global", "global"]  # torch's global hooks still run
+    param.sum().backward()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        optimizer.step()
+    assert "Optimizer.step#Adam.step" in {event.name for event in prof.events()}
+    assert float(optimizer.state[param]["step"]) == 3.0
+
+
+def test_adam_step_counters_share_one_tensor_and_survive_a_checkpoint(tmp_path: Path) -> None:
+    net = PyTorchMLP(784, 10)
+    optimizer = Adam(net.parameters(), lr=1e-3, fused=True)
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    steps = [state["step"] for state in optimizer.state.values()]
+    assert steps[0]._base is not None and all(s._base is steps[0]._base for s in steps)
+    assert [float(s) for s in steps] == [3.0] * 6
+    torch.save(optimizer.state_dict(), tmp_path / "opt.pt")
+    reloaded = Adam(net.parameters(), lr=1e-3, fused=True)
+    reloaded.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    reference = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    reference.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+
+    def one_step(optim: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """Parameters after one step on fixed gradients; the network is put back after."""
+        before = [p.detach().clone() for p in net.parameters()]
+        optim.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optim.step()
+        after = [p.detach().clone() for p in net.parameters()]
+        with torch.no_grad():
+            for p, b in zip(net.parameters(), before, strict=True):
+                p.copy_(b)
+        return after
+
+    ours, theirs = one_step(reloaded), one_step(reference)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert [float(s["step"]) for s in reloaded.state.values()] == [4.0] * 6
+
+
 def test_adam_skips_the_capture_probe_only_for_cpu_parameters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
