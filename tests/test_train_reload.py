@@ -172,6 +172,35 @@ def test_progress_bar_redraws_every_20_steps_unless_the_user_sets_one() -> None:
     assert _trainer(None, 1, 0, {"enable_progress_bar": False}).progress_bar_callback is None
 
 
+def test_default_profiler_records_nothing_and_a_users_profiler_replaces_it(
+    tmp_path: Path, idx_dir: Path
+) -> None:
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from toolkit.train import NoProfiler, _trainer
+
+    quiet = _trainer(None, 1, 0, {}).profiler
+    assert isinstance(quiet, NoProfiler)
+    with quiet.profile("[Strategy]training_step") as name:
+        assert name == "[Strategy]training_step"
+    assert quiet.summary() == ""
+    train(
+        model="mlp",
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        run_name="profiled",
+        trainer={
+            "accelerator": "cpu",
+            "devices": 1,
+            "limit_train_batches": 3,
+            "profiler": SimpleProfiler(dirpath=str(tmp_path), filename="profile"),
+        },
+    )
+    report = (tmp_path / "fit-profile.txt").read_text()
+    assert "run_training_batch" in report
+
+
 @pytest.mark.parametrize("flush", [True, False])
 def test_denormals_are_flushed_while_training_and_restored_after(
     tmp_path: Path, idx_dir: Path, flush: bool

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.profilers import PassThroughProfiler
 
 from toolkit.atomic import (
     atomic_path,
@@ -89,6 +90,19 @@ def _resolve_run_dir(
     return run_dir
 
 
+class NoProfiler(PassThroughProfiler):
+    """Lightning's default profiler (which records nothing) without its generator frames.
+
+    The Trainer enters ``profiler.profile(name)`` about 18 times per training step. The
+    base class builds a ``@contextmanager`` generator each time (~1 µs here); a
+    ``nullcontext`` does the same nothing in ~0.4 µs.
+    """
+
+    def profile(self, action_name: str) -> contextlib.nullcontext[str]:  # type: ignore[override]
+        """A context that yields ``action_name`` and records nothing."""
+        return contextlib.nullcontext(action_name)
+
+
 def _trainer(
     staging: Path | None, max_epochs: int, seed: int, options: dict[str, Any] | None
 ) -> L.Trainer:
@@ -101,6 +115,7 @@ def _trainer(
         "enable_checkpointing": False,  # toolkit writes model.ckpt itself, atomically
         "enable_model_summary": sys.stderr.isatty(),
         "logger": False,
+        "profiler": NoProfiler(),  # ``--trainer.profiler simple`` etc. replace it
     }
     if staging is not None:
         from lightning.pytorch.loggers import CSVLogger
