@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 
 from toolkit.errors import UsageError
 from toolkit.models import build_model, input_shape_of
@@ -140,8 +141,6 @@ class Adam(torch.optim.Adam):
 
 
 def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
-    from torch.optim import optimizer as torch_optimizer
-
     return bool(
         optimizer._optimizer_step_pre_hooks
         or optimizer._optimizer_step_post_hooks
