@@ -19,7 +19,7 @@ from toolkit.models import build_model, input_shape_of
 class Adam(torch.optim.Adam):
     """``torch.optim.Adam`` with less Python around each step for fused CPU parameters.
 
-    Three costs of torch's step are skipped where they cannot matter; the update itself is
+    Five costs of torch's step are skipped where they cannot matter; the update itself is
     torch's fused kernel with the same arguments, so results are bit-identical:
 
     * Before every step torch's Adam asks whether a CUDA/XPU graph is being captured. Until
@@ -37,7 +37,7 @@ class Adam(torch.optim.Adam):
       Adam, tensor learning rates, AdamW-style decay, grad scaling, other devices) runs
       torch's own step.
     * torch wraps every optimizer's ``step`` in a profiler label and a loop over the step
-      hooks (~20 µs per step here, as much as the kernel's launch); this class applies
+      hooks (10 to 20 µs per step here); this class applies
       torch's same wrapper only while a profiler runs or a step hook is registered.
     * The fused path keeps each group's ``step`` counters as views of one tensor, so one
       ``add_`` advances them all instead of a ``_foreach_add_`` over scalars (~30 µs).
