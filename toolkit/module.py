@@ -116,7 +116,7 @@ class Adam(torch.optim.Adam):
 
     def _torch_step(self, closure: Any = None) -> Any:
         # torch's Adam.step without its hook wrapper (wrapped once a torch Adam exists):
-        # this step is wrapped already, and hooks must run once per step.
+        # `step` applies that wrapper itself when needed, and hooks must run once per step.
         step = torch.optim.Adam.step
         if getattr(step, "hooked", False):
             step = step.__wrapped__
