@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
         "1",
     )
     assert proc.returncode == 0, proc.stderr
+    assert "transfer_batch_to_device" not in proc.stderr  # toolkit's own hook: no warning
     info = json.loads((tmp_path / "cli" / "run.json").read_text())
     proc = run_cli(
         "evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"), "--data_dir", str(idx_dir)
@@ -52,6 +54,41 @@ def test_config_file_and_print_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "model: cnn" in proc.stdout and "max_epochs: 3" in proc.stdout
     assert "precision: bf16-mixed" in proc.stdout
+
+
+def _train_args(idx_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--data_dir",
+        str(idx_dir),
+        "--max_epochs",
+        "1",
+        "--output_dir",
+        str(out),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.limit_val_batches",
+        "1",
+        *extra,
+    ]
+
+
+def test_trainer_callback_from_the_command_line(tmp_path: Path, idx_dir: Path) -> None:
+    """A callback given by class path is built and used: here a progress bar of the user's,
+    which is shown although stderr is no terminal, and replaces toolkit's."""
+    bar = ["--trainer.callbacks", "lightning.pytorch.callbacks.TQDMProgressBar"]
+    proc = run_cli(*_train_args(idx_dir, tmp_path, *bar, "--trainer.callbacks.refresh_rate", "3"))
+    assert proc.returncode == 0, proc.stderr
+    drawn = set(re.findall(r"Epoch 0: +\d+%\|[^|]*\| (\d+)/6 ", proc.stdout))
+    assert drawn == {"0", "3", "6"}  # 6 steps of 64 in the 440 training samples
+
+    proc = run_cli(*_train_args(idx_dir, tmp_path, *bar, "--trainer.enable_progress_bar", "false"))
+    assert_one_line_error(proc, 2, "enable_progress_bar=False", "TQDMProgressBar")
+    bad = ["--trainer.callbacks", "lightning.pytorch.callbacks.EarlyStopping"]
+    bad += ["--trainer.callbacks.monitor", "val_acc", "--trainer.callbacks.mode", "x"]
+    proc = run_cli(*_train_args(idx_dir, tmp_path, *bad))
+    assert_one_line_error(proc, 2, "`mode` can be min, max")
+    assert [p.name for p in tmp_path.iterdir()] == ["mlp-fashion-mnist"]
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:

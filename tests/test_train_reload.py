@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -159,17 +160,69 @@ def test_cnn_trains_and_reloads(tmp_path: Path, idx_dir: Path) -> None:
         )
 
 
-def test_progress_bar_redraws_every_20_steps_unless_the_user_sets_one() -> None:
+def test_progress_bar_is_throttled_unless_the_user_sets_one() -> None:
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from toolkit.train import _trainer
+    from toolkit.train import ThrottledProgressBar, _trainer
 
     bar = _trainer(None, 1, 0, {"enable_progress_bar": True}).progress_bar_callback
-    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 20
+    assert isinstance(bar, ThrottledProgressBar) and bar.min_interval == 0.1
     own = TQDMProgressBar(refresh_rate=3)
     trainer = _trainer(None, 1, 0, {"enable_progress_bar": True, "callbacks": [own]})
     assert trainer.progress_bar_callback is own
     assert _trainer(None, 1, 0, {"enable_progress_bar": False}).progress_bar_callback is None
+    # a bar of the user's is shown off a terminal too; a single callback needs no list
+    assert _trainer(None, 1, 0, {"callbacks": own}).progress_bar_callback is own
+    with pytest.raises(UsageError, match="enable_progress_bar=False"):
+        _trainer(None, 1, 0, {"callbacks": own, "enable_progress_bar": False})
+
+
+def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
+    from toolkit.train import ThrottledProgressBar
+
+    bar = ThrottledProgressBar(min_interval=0.1)
+    now = [0.0]
+    bar._clock = lambda: now[0]
+    decisions = []
+    for t, step in [(0.0, 1), (0.05, 2), (0.099, 3), (0.12, 4), (0.13, 5), (0.14, 100), (0.15, 1)]:
+        now[0] = t
+        decisions.append(bar._should_update(step, 100))
+    # drawn at the first step, after 0.1 s, always at the last step (100), then throttled
+    assert decisions == [True, False, False, True, False, True, False]
+    every_5 = ThrottledProgressBar(min_interval=0.0, refresh_rate=5)
+    assert not every_5._should_update(3, 100) and every_5._should_update(5, 100)
+    bar.disable()
+    now[0] = 10.0
+    assert not bar._should_update(100, 100)
+
+
+def test_throttled_progress_bar_shows_every_step_of_a_run(tmp_path: Path, idx_dir: Path) -> None:
+    """Through a real Trainer: the bar ends at the epoch's last step, with far fewer redraws
+    than steps (Lightning's own bar would draw all 12)."""
+    import contextlib
+    import io
+
+    from toolkit.train import ThrottledProgressBar
+
+    bar = ThrottledProgressBar(min_interval=60.0)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        train(
+            model="mlp",
+            data_dir=str(idx_dir),
+            max_epochs=1,
+            batch_size=16,
+            output_dir=str(tmp_path),
+            trainer={
+                "enable_progress_bar": True,
+                "callbacks": [bar],
+                "limit_train_batches": 12,
+                "limit_val_batches": 1,
+            },
+        )
+    epoch_draws = re.findall(r"Epoch 0: +\d+%\|[^|]*\| (\d+)/(\d+)", out.getvalue())
+    assert epoch_draws and epoch_draws[-1][0] == epoch_draws[-1][1] == "12"
+    assert len({done for done, _ in epoch_draws}) <= 3  # start, first step, last step
 
 
 def test_default_profiler_records_nothing_and_a_users_profiler_replaces_it(

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, UsageError
 
 #: command name → "module:function", imported when the parser is built.
 COMMANDS: dict[str, str] = {
@@ -83,9 +83,19 @@ def _trainer_options(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in defaults and v != defaults[k]}
 
 
-def _call(cfg: Any) -> Any:
+def _instantiate(parser: Any, cfg: Any) -> Any:
+    """Build the objects named by class paths, e.g. ``--trainer.callbacks <class>``."""
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse<4.49
+    try:
+        return build(cfg)
+    except Exception as exc:  # the user's class or its arguments; nothing was written yet
+        message = _one_line(str(exc))
+        raise UsageError(f"cannot build a class given in the options: {message}") from None
+
+
+def _call(parser: Any, cfg: Any) -> Any:
     command = cfg.command
-    kwargs = cfg[command].as_dict()
+    kwargs = _instantiate(parser, cfg)[command].as_dict()
     for key in ("config", "__path__", "print_config"):
         kwargs.pop(key, None)
     if command == "train":
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.get("command") is None:
             parser.print_help()
             return 2
-        _call(cfg)
+        _call(parser, cfg)
     except ToolkitError as exc:
         if debug:
             raise
