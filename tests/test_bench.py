@@ -407,6 +407,8 @@ def test_cli_bench_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         assert "on cuda: skipped (no CUDA device)" in result.stdout
         assert any(s["device"] == "cuda" for s in data["skipped"])
+        environment = data["environment"]  # the schema's keys, null without a GPU
+        assert environment["gpu"] is environment["gpu_capability"] is environment["driver"] is None
 
 
 def test_wrong_input_file_gives_one_usage_error(trained_run: Path, tmp_path: Path) -> None:

@@ -363,6 +363,7 @@ def collect_environment(threads: int, devices: Sequence[str]) -> dict[str, Any]:
         "onnx": _version("onnx"),
         "cuda_runtime": torch.version.cuda,
         "gpu": None,
+        "gpu_capability": None,
         "driver": None,
     }
     if any(d.startswith("cuda") for d in devices) and torch.cuda.is_available():
