@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import CheckFailedError, ToolkitError, UsageError
+from toolkit.manifest import default_exports_dir
 from toolkit.runtimes import RUNTIMES, Runner
 
 SCHEMA_VERSION = 1
@@ -1370,7 +1371,7 @@ def bench_command(
     old = BenchReport.load(compare) if compare else None
     model = load_network(ckpt, trust_pickled_file=trust_pickled_file)
     shape = input_shape_of(model)
-    exports_dir = Path(exports) if exports else Path("exports") / ckpt.parent.name
+    exports_dir = Path(exports) if exports else default_exports_dir(ckpt)
     out_dir = Path(output_dir) if output_dir else exports_dir
     user_inputs = read_input_file(inputs, shape) if inputs else None
     ensure_writable_dir(out_dir)  # fail before minutes of timing, not after

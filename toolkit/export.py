@@ -32,10 +32,8 @@ from toolkit.atomic import (
 )
 from toolkit.errors import ExportError, UsageError
 from toolkit.formats import FORMATS
-from toolkit.manifest import Manifest, sha256_file
+from toolkit.manifest import Manifest, default_exports_dir, sha256_file
 
-#: Default parent folder of ``toolkit export`` outputs.
-EXPORTS_DIR = "exports"
 #: The smallest example batch: exporters can specialise a batch of 1 to a constant.
 MIN_EXAMPLE_BATCH = 2
 
@@ -332,7 +330,7 @@ def export_command(
     weights = read_weights(path, trust_pickled_file)  # read once: large checkpoints
     _, saved_name, saved_kwargs = weights
     network = network_from_weights(weights, str(path), network=model)
-    out_dir = Path(output_dir) if output_dir else Path(EXPORTS_DIR) / path.resolve().parent.name
+    out_dir = Path(output_dir) if output_dir else default_exports_dir(path)
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(MIN_EXAMPLE_BATCH, *input_shape_of(network), generator=generator)
     manifests = export_model(

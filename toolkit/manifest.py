@@ -16,8 +16,20 @@ from toolkit.atomic import write_json
 from toolkit.errors import CheckpointError, IntegrityError
 
 MANIFEST_NAME = "manifest.json"
+#: Parent of the default exports folders, relative to the working directory.
+EXPORTS_DIR = "exports"
 #: Marks the dynamic axis in ``input_shape``.
 BATCH_AXIS = "batch"
+
+
+def default_exports_dir(checkpoint: str | Path) -> Path:
+    """``exports/<run>``: where ``export`` writes and ``verify``/``bench`` read by default.
+
+    ``<run>`` is the name of the folder holding the checkpoint, resolved, so
+    ``model.ckpt`` given from inside the run folder names the same folder as
+    ``runs/<run>/model.ckpt``.
+    """
+    return Path(EXPORTS_DIR) / Path(checkpoint).resolve().parent.name
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import CheckFailedError, ToolkitError, UsageError
+from toolkit.manifest import default_exports_dir
 
 #: Added to ``|ref|`` in reported relative differences, so zeros do not divide by zero.
 EPS = 1e-6
@@ -1057,9 +1058,7 @@ def verify_command(
     Raises:
         CheckFailedError: a row failed (after the reports are written).
     """
-    folder = (
-        Path(exports) if exports is not None else Path("exports") / Path(checkpoint).parent.name
-    )
+    folder = Path(exports) if exports is not None else default_exports_dir(checkpoint)
     if not folder.is_dir():
         raise UsageError(
             f"no exports folder {folder}; run `toolkit export --checkpoint {checkpoint} "
