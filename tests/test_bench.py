@@ -300,6 +300,70 @@ def test_parity_json_is_read(tmp_path: Path) -> None:
     assert B.read_parity(path) == {}
 
 
+def test_parity_json_counts_only_for_the_weights_and_artifacts_it_checked(
+    tmp_path: Path,
+) -> None:
+    from toolkit.manifest import sha256_file
+
+    exports = tmp_path / "exports"
+    for fmt in ("onnx", "torchscript"):
+        (exports / fmt).mkdir(parents=True)
+        (exports / fmt / "manifest.json").write_text(json.dumps({"format": fmt}))
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"weights")
+
+    def row(fmt: str) -> dict[str, Any]:
+        manifest = exports / fmt / "manifest.json"
+        return {"name": fmt, "runtime": "rt-" + fmt, "format": fmt, "kind": "artifact",
+                "status": "PASS", "manifest_sha256": sha256_file(manifest)}  # fmt: skip
+
+    data = {"device": "cpu", "checkpoint_sha256": sha256_file(checkpoint), "schema_version": 2,
+            "rows": [row("onnx"), row("torchscript")]}  # fmt: skip
+    path = exports / "parity.json"
+    path.write_text(json.dumps(data))
+    assert set(B.read_parity(path, checkpoint, exports)) == {
+        ("rt-onnx", "onnx", "cpu"),
+        ("rt-torchscript", "torchscript", "cpu"),
+    }
+    assert B.parity_notes(path, checkpoint, exports) == []
+    # an artifact exported again after verify: its row no longer counts
+    (exports / "onnx" / "manifest.json").write_text(json.dumps({"format": "onnx", "v": 2}))
+    assert set(B.read_parity(path, checkpoint, exports)) == {
+        ("rt-torchscript", "torchscript", "cpu")
+    }
+    assert B.parity_notes(path, checkpoint, exports) == [f"onnx changed since {path} was written"]
+    # other weights, or a report that does not say which weights: nothing counts
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"other weights")
+    assert B.read_parity(path, other, exports) == {}
+    assert "made for other weights" in B.parity_notes(path, other, exports)[0]
+    del data["checkpoint_sha256"]
+    path.write_text(json.dumps(data))
+    assert B.read_parity(path, checkpoint, exports) == {}
+    assert "does not record its checkpoint" in B.parity_notes(path, checkpoint, exports)[0]
+
+
+def test_discover_runtimes_reports_incomplete_folders_and_takes_one_artifact_folder(
+    mlp: torch.nn.Module, artifacts: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    exports = tmp_path / "exports"
+    shutil.copytree(artifacts, exports)
+    (exports / "torchscript" / "manifest.json").unlink()  # damaged
+    (exports / "notes").mkdir()  # not an artifact folder: ignored
+    specs, skipped = B.discover_runtimes(mlp, exports)
+    assert "torchscript" not in {s.runtime for s in specs}
+    assert [(s.runtime, s.format) for s in skipped] == [("torchscript", "torchscript")]
+    assert "no manifest.json" in skipped[0].reason
+    specs, skipped = B.discover_runtimes(mlp, exports / "onnx")  # one format's folder
+    assert {(s.runtime, s.format) for s in specs if s.format} == {
+        ("onnxruntime", "onnx"),
+        ("onnxruntime-iobinding", "onnx"),
+    }
+    assert skipped == []
+
+
 # -- compare -------------------------------------------------------------------------------
 def _report(*rows: B.BenchRow) -> B.BenchReport:
     return B.BenchReport({}, {}, ["cpu"], [1], list(rows), [], [], "")
@@ -385,6 +449,77 @@ def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: 
     assert (tmp_path / "b" / "bench.json").is_file()  # written before failing
     same = B.BenchReport.load(tmp_path / "a" / "bench.json")
     assert {c.status for c in B.compare_reports(same, same)} == {"unchanged"}
+
+
+def _quick(trained_run: Path, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "checkpoint": str(trained_run / "model.ckpt"),
+        "exports": str(tmp_path / "no-exports"),
+        "runtimes": "eager",
+        "batch_sizes": [1],
+        "threads": 1,
+        "min_calls": 10,
+        "min_time": 0.01,
+        "rounds": 1,
+        "output_dir": str(tmp_path / "out"),
+    }
+
+
+def test_bench_command_checks_its_options_before_timing(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    def no_timing(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("timed although an option was wrong")
+
+    quick = _quick(trained_run, tmp_path)
+    report = B.bench_command(**quick)
+    old = report.to_json()
+    old["network"] = "PyTorchCNN"
+    other = tmp_path / "cnn-bench.json"
+    other.write_text(json.dumps(old))
+    monkeypatch.setattr(B, "bench", no_timing)
+    with pytest.raises(UsageError, match="regression_threshold must be above 0"):
+        B.bench_command(**quick, compare=str(tmp_path / "out" / "bench.json"),
+                        regression_threshold=-1)  # fmt: skip
+    with pytest.raises(UsageError, match="benchmarks a PyTorchCNN, this checkpoint holds a "):
+        B.bench_command(**quick, compare=str(other))
+
+
+def test_bench_command_takes_model_for_a_lone_state_dict(trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(trained_run / "model.pt", lone / "model.pt")  # no run.json beside it
+    quick = {**_quick(trained_run, tmp_path), "checkpoint": str(lone / "model.pt")}
+    with pytest.raises(UsageError, match="pass --model NAME"):
+        B.bench_command(**quick)
+    report = B.bench_command(**quick, model="mlp")
+    assert report.network == "PyTorchMLP" and report.rows
+
+
+def test_bench_command_out_of_memory_is_one_error(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    def oom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3e11")
+
+    monkeypatch.setattr(B, "bench", oom)
+    with pytest.raises(B.BenchOutOfMemoryError, match=r"out of memory .*\[1\].*smaller"):
+        B.bench_command(**_quick(trained_run, tmp_path))
+    assert not (tmp_path / "out" / "bench.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_on_cuda_alone_without_a_gpu_keeps_earlier_reports(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    quick = _quick(trained_run, tmp_path)
+    B.bench_command(**quick)
+    before = (tmp_path / "out" / "bench.json").read_bytes()
+    report = B.bench_command(**quick, device="cuda")
+    assert report.rows == [] and any(s.device == "cuda" for s in report.skipped)
+    assert (tmp_path / "out" / "bench.json").read_bytes() == before
 
 
 # -- CLI -----------------------------------------------------------------------------------

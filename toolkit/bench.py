@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.errors import CheckFailedError, ToolkitError, UsageError
+from toolkit.errors import CheckFailedError, ToolkitError, UsageError, first_line
 from toolkit.manifest import default_exports_dir
 from toolkit.runtimes import RUNTIMES, Runner
 
@@ -570,8 +570,17 @@ def discover_runtimes(
             Skipped("artifacts", "*", f"{where}; run `toolkit export` to benchmark artifacts")
         )
         return specs, skipped
-    folders = sorted(p for p in exports.iterdir() if (p / MANIFEST_NAME).is_file())
-    if not folders:
+    from toolkit.formats import FORMATS
+
+    if (exports / MANIFEST_NAME).is_file():  # one artifact folder, as verify accepts
+        folders = [exports]
+    else:
+        folders = sorted(p for p in exports.iterdir() if (p / MANIFEST_NAME).is_file())
+        for p in sorted(exports.iterdir()):
+            if p.is_dir() and p.name in FORMATS.names() and p not in folders:
+                reason = f"{p} has no {MANIFEST_NAME}: an incomplete or damaged export"
+                skipped.append(Skipped(p.name, "*", reason, p.name))
+    if not folders and not skipped:
         skipped.append(Skipped("artifacts", "*", f"no artifact folders in {exports}"))
     for folder in folders:
         try:
@@ -844,19 +853,51 @@ def _add_ratios(rows: list[BenchRow], lives: dict[str, _Live]) -> None:
 
 
 # -- parity --------------------------------------------------------------------------------
-def read_parity(path: str | Path) -> dict[tuple[str, str | None, str], tuple[str, str]]:
+def read_parity(
+    path: str | Path, checkpoint: str | Path | None = None, exports: str | Path | None = None
+) -> dict[tuple[str, str | None, str], tuple[str, str]]:
     """Statuses from a ``toolkit verify`` report: {(runtime, format, device): (status, why)}.
 
     Rows of kind ``reload`` (other ways of loading the same eager network) are left out;
     the reference row stands for ``eager``. An unreadable file gives an empty mapping.
+
+    With ``checkpoint``, the report counts only if it was made for these exact weights
+    (its ``checkpoint_sha256``); with ``exports``, an artifact row counts only while the
+    artifact's ``manifest.json`` is the one that was verified (its ``manifest_sha256``).
+    A report too old to say (schema 1) counts for nothing then. Use :func:`parity_notes`
+    for why rows were left out.
     """
+    return _read_parity(path, checkpoint, exports)[0]
+
+
+def parity_notes(
+    path: str | Path, checkpoint: str | Path | None = None, exports: str | Path | None = None
+) -> list[str]:
+    """Why :func:`read_parity` left rows of ``path`` out (empty when it kept them all)."""
+    return _read_parity(path, checkpoint, exports)[1]
+
+
+def _read_parity(
+    path: str | Path, checkpoint: str | Path | None, exports: str | Path | None
+) -> tuple[dict[tuple[str, str | None, str], tuple[str, str]], list[str]]:
+    from toolkit.manifest import MANIFEST_NAME, sha256_file
+
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        return {}, [f"{path} is unreadable"]
+    if not isinstance(data, dict):
+        return {}, [f"{path} is not a parity report"]
+    if checkpoint is not None:
+        recorded = data.get("checkpoint_sha256")
+        if recorded is None:
+            return {}, [f"{path} does not record its checkpoint; rerun `toolkit verify`"]
+        if recorded != sha256_file(checkpoint):
+            return {}, [f"{path} was made for other weights than {checkpoint}"]
     device = torch.device(str(data.get("device", "cpu"))).type
     statuses: dict[tuple[str, str | None, str], tuple[str, str]] = {}
-    for row in data.get("rows", []) if isinstance(data, dict) else []:
+    notes = []
+    for row in data.get("rows", []):
         if not isinstance(row, dict) or row.get("kind") == "reload":
             continue
         status = str(row.get("status", "")).upper()
@@ -864,9 +905,15 @@ def read_parity(path: str | Path) -> dict[tuple[str, str | None, str], tuple[str
             continue
         runtime = row.get("runtime") or row.get("name")
         fmt = None if row.get("kind") == "reference" else row.get("format")
+        if exports is not None and row.get("kind") == "artifact":
+            manifest = Path(exports) / str(fmt) / MANIFEST_NAME
+            recorded = row.get("manifest_sha256")
+            if recorded is None or not manifest.is_file() or sha256_file(manifest) != recorded:
+                notes.append(f"{fmt} changed since {path} was written")
+                continue
         why = "; ".join(row.get("reasons") or []) or status
         statuses[(str(runtime), fmt, device)] = (status, why)
-    return statuses
+    return statuses, notes
 
 
 def _format_tolerance(fmt: str | None) -> tuple[float, float, bool, float]:
@@ -1298,6 +1345,18 @@ def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
     return paths
 
 
+class BenchOutOfMemoryError(ToolkitError):
+    """A batch did not fit in memory."""
+
+    exit_code = 1
+
+    def __init__(self, batch_sizes: Sequence[int], exc: BaseException) -> None:
+        super().__init__(
+            f"out of memory while benchmarking batch sizes {list(batch_sizes)} "
+            f"({first_line(exc)}); try smaller --batch_sizes"
+        )
+
+
 def bench_command(
     checkpoint: str,
     exports: str | None = None,
@@ -1317,6 +1376,8 @@ def bench_command(
     compare: str | None = None,
     regression_threshold: float = 0.10,
     trust_pickled_file: bool = False,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> BenchReport:
     """Benchmark latency and throughput of every runtime; name the fastest correct one.
 
@@ -1345,9 +1406,11 @@ def bench_command(
         regression_threshold: Relative slowdown of p50 that counts as a regression, when
             the confidence interval also rules out noise.
         trust_pickled_file: Allow unpickling a checkpoint you trust.
+        model: Network registry name, for a weights file that does not record it.
+        model_kwargs: Constructor kwargs of ``model``.
 
     Returns:
-        The :class:`BenchReport`.
+        The :class:`BenchReport` (no files are written when nothing could be measured).
 
     Raises:
         CheckFailedError: ``compare`` found a regression (after the reports are written).
@@ -1368,33 +1431,51 @@ def bench_command(
         include_copies=include_copies,
     )
     protocol.validate()
+    if not (math.isfinite(regression_threshold) and regression_threshold > 0):
+        raise UsageError(f"regression_threshold must be above 0, got {regression_threshold}")
     old = BenchReport.load(compare) if compare else None
-    model = load_network(ckpt, trust_pickled_file=trust_pickled_file)
-    shape = input_shape_of(model)
+    network = load_network(ckpt, model, model_kwargs, trust_pickled_file)
+    shape = input_shape_of(network)
+    if old is not None and old.network not in (None, type(network).__name__):
+        raise UsageError(
+            f"{compare} benchmarks a {old.network}, this checkpoint holds a "
+            f"{type(network).__name__}: nothing to compare"
+        )
     exports_dir = Path(exports) if exports else default_exports_dir(ckpt)
     out_dir = Path(output_dir) if output_dir else exports_dir
     user_inputs = read_input_file(inputs, shape) if inputs else None
     ensure_writable_dir(out_dir)  # fail before minutes of timing, not after
-    specs, skipped = discover_runtimes(model, exports_dir, _split_names(runtimes))
+    specs, skipped = discover_runtimes(network, exports_dir, _split_names(runtimes))
     parity_path = exports_dir / PARITY_JSON
-    verified = read_parity(parity_path) if parity_path.is_file() else {}
 
     def progress(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
-    report = bench(
-        specs,
-        shape,
-        device,
-        batch_sizes,
-        threads,
-        protocol,
-        user_inputs,
-        verified,
-        skipped,
-        progress,
-    )
-    report.network = type(model).__name__
+    verified: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+    if parity_path.is_file():
+        verified, notes = _read_parity(parity_path, ckpt, exports_dir)
+        for note in notes:
+            progress(f"parity: {note}; those rows get a quick check")
+    try:
+        report = bench(
+            specs,
+            shape,
+            device,
+            batch_sizes,
+            threads,
+            protocol,
+            user_inputs,
+            verified,
+            skipped,
+            progress,
+        )
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise BenchOutOfMemoryError(batch_sizes, exc) from None
+    except RuntimeError as exc:
+        if "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        raise BenchOutOfMemoryError(batch_sizes, exc) from None
+    report.network = type(network).__name__
     report.checkpoint = str(ckpt)
     report.parity_source = (
         f"{parity_path} where it covers a row, else a quick check on random inputs"
@@ -1402,6 +1483,9 @@ def bench_command(
         else "quick check against eager on random inputs (run `toolkit verify` for real data)"
     )
     print_report(report)
+    if not report.rows:
+        print(f"nothing was measured; reports in {out_dir} left as they were")
+        return report
     write_outputs(report, out_dir)
     print(f"wrote {out_dir / BENCH_JSON}, {BENCH_MD}, {BENCH_PNG}")
     if old is not None:
