@@ -246,6 +246,19 @@ def _row(runtime: str, p50: float, parity: str = "PASS", batch: int = 1, **kw: A
     )  # fmt: skip
 
 
+def test_rows_that_changed_between_rounds_are_flagged() -> None:
+    from toolkit.bench_report import render_markdown, summary_lines
+
+    steady = _row("eager", 100.0, round_p50s_us=[100.0, 101.0, 99.0])
+    report = B.BenchReport({}, {}, ["cpu"], [1], [steady], [], [], "")
+    assert not [line for line in summary_lines(report) if line.startswith("warning")]
+    busy = _row("torchscript", 30.0, batch=8, round_p50s_us=[25.0, 30.0, 24000.0])
+    report.rows.append(busy)
+    (warning,) = [line for line in summary_lines(report) if line.startswith("warning")]
+    assert "1 row(s)" in warning and "torchscript cpu batch 8, 95900%" in warning
+    assert warning in render_markdown(report)
+
+
 def test_verdict_picks_the_fastest_passing_runtime() -> None:
     rows = [
         _row("eager", 100.0, ratio=1.0, ci=[0.98, 1.02]),

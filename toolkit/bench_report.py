@@ -91,6 +91,28 @@ def summary_lines(report: BenchReport) -> list[str]:
         f">= {protocol.get('min_time')} s per row, in {protocol.get('rounds')} interleaved "
         f"rounds; clocks: {', '.join(sorted(set(protocol.get('clocks', {}).values())))}",
         f"parity: {report.parity_source}",
+        *_unstable_lines(report),
+    ]
+
+
+#: A row whose per-round p50s differ by more than this (max/min - 1) is flagged.
+UNSTABLE_SPREAD = 0.5
+
+
+def _unstable_lines(report: BenchReport) -> list[str]:
+    spreads = []
+    for row in report.rows:
+        p50s = row.round_p50s_us or []
+        if len(p50s) > 1 and min(p50s) > 0:
+            spreads.append((max(p50s) / min(p50s) - 1, row))
+    unstable = sorted((item for item in spreads if item[0] > UNSTABLE_SPREAD), key=lambda i: -i[0])
+    if not unstable:
+        return []
+    spread, row = unstable[0]
+    return [
+        f"warning: {len(unstable)} row(s) changed by more than {UNSTABLE_SPREAD:.0%} between "
+        f"rounds (most: {row.label} {row.device} batch {row.batch}, {spread:.0%}): the "
+        "machine was busy or its clock changed; rerun on a quiet machine before trusting them"
     ]
 
 
