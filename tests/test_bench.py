@@ -478,6 +478,39 @@ def _quick(trained_run: Path, tmp_path: Path) -> dict[str, Any]:
     }
 
 
+def test_bench_uses_verify_report_only_while_it_describes_the_artifacts(
+    trained_run: Path, idx_dir: Path, tmp_path: Path
+) -> None:
+    from toolkit.export import export_command
+    from toolkit.parity import verify_command
+
+    checkpoint = str(trained_run / "model.ckpt")
+    exports = tmp_path / "exports"
+    export_command(checkpoint, format="onnx,torchscript", output_dir=str(exports))
+    verify_command(checkpoint, str(exports), data_dir=str(idx_dir), limit=32)
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports)}
+    quick["runtimes"] = "eager,onnxruntime,torchscript"
+
+    def sources(report: B.BenchReport) -> dict[str, str | None]:
+        return {row.label: row.parity_source for row in report.rows}
+
+    assert sources(B.bench_command(**quick)) == {
+        "eager": "reference",
+        "onnxruntime (onnx)": "parity.json",
+        "torchscript": "parity.json",
+    }
+    # onnx exported again (from other weights) after verify: its row is checked afresh
+    torch.manual_seed(1)
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    torch.save(build_model("mlp").state_dict(), other)
+    export_command(str(other), format="onnx", output_dir=str(exports), overwrite=True, model="mlp")
+    report = B.bench_command(**quick)
+    assert sources(report)["onnxruntime (onnx)"] == "quick-check"
+    assert sources(report)["torchscript"] == "parity.json"
+    assert report.row("onnxruntime", "cpu", 1, "onnx").parity == "FAIL"  # other weights
+
+
 def test_bench_command_checks_its_options_before_timing(
     trained_run: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import CheckFailedError, ToolkitError, UsageError
-from toolkit.manifest import default_exports_dir
+from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file
 
 #: Added to ``|ref|`` in reported relative differences, so zeros do not divide by zero.
 EPS = 1e-6
@@ -63,7 +64,8 @@ SEED = 0
 #: Extra runtimes run on artifacts of a format, besides the one the manifest names.
 EXTRA_RUNTIMES: dict[str, tuple[str, ...]] = {"onnx": ("onnxruntime-iobinding",)}
 REPORT_JSON, REPORT_MD = "parity.json", "parity.md"
-SCHEMA_VERSION = 1
+#: 2: ``checkpoint_sha256`` on the report and ``manifest_sha256`` on artifact rows.
+SCHEMA_VERSION = 2
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
@@ -237,6 +239,8 @@ class ParityRow:
     ``accuracy`` and ``accuracy_delta`` (main set only). ``accuracy_delta`` is
     ``accuracy - reference accuracy`` (negative = worse). ``nonfinite_input_outputs``
     counts non-finite outputs for inputs holding NaN/Inf (reported, not judged).
+    ``manifest_sha256`` is the sha256 of an artifact row's ``manifest.json`` as verified
+    (None for other kinds, or when the manifest could not be read).
     """
 
     name: str
@@ -266,6 +270,7 @@ class ParityRow:
     status: str = PASS
     reasons: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    manifest_sha256: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -288,7 +293,11 @@ class ParityRow:
 
 @dataclasses.dataclass
 class ParityReport:
-    """Schema of ``parity.json``; ``parity.md`` and the terminal table are rendered from it."""
+    """Schema of ``parity.json``; ``parity.md`` and the terminal table are rendered from it.
+
+    ``checkpoint_sha256`` is the sha256 of the checkpoint file the reference was built from,
+    so a reader (``toolkit bench``) can tell whether the report is about the same weights.
+    """
 
     checkpoint: str
     exports: str | None
@@ -308,6 +317,7 @@ class ParityReport:
     versions: dict[str, str]
     notes: list[str] = dataclasses.field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    checkpoint_sha256: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -614,19 +624,34 @@ def reload_sources(checkpoint: Path) -> dict[str, Path]:
 
 
 def _reload_plans(
-    checkpoint: Path, device: str, shape: tuple, threads: int, trust: bool
+    checkpoint: Path,
+    device: str,
+    shape: tuple,
+    threads: int,
+    trust: bool,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> list[RowPlan]:
     from toolkit.reload import load_lightning_model, load_network
 
-    def plan(name: str, fmt: str, load: Callable[..., Any], path: Path) -> RowPlan:
+    def network(path: Path) -> Any:
+        return load_network(path, model, model_kwargs, trust_pickled_file=trust)
+
+    def lightning(path: Path) -> Any:
+        # A network named on the command line is built the way the reference was (the
+        # checkpoint may not record it); otherwise the tutorial's way, from its hparams.
+        given = network(path) if model is not None or model_kwargs else None
+        return load_lightning_model(path, model=given, trust_pickled_file=trust)
+
+    def plan(name: str, fmt: str, load: Callable[[Path], Any], path: Path) -> RowPlan:
         row = ParityRow(name, fmt, "eager", "reload", str(path), Tolerances.exact())
-        return row, lambda: _eager(load(path, trust_pickled_file=trust), device, shape, threads)
+        return row, lambda: _eager(load(path), device, shape, threads)
 
     plans = []
     for key, path in reload_sources(checkpoint).items():
-        plans.append(plan(f"reload:{path.name}", key, load_network, path))
+        plans.append(plan(f"reload:{path.name}", key, network, path))
         if key == "checkpoint":
-            plans.append(plan(f"lightning:{path.name}", "lightning", load_lightning_model, path))
+            plans.append(plan(f"lightning:{path.name}", "lightning", lightning, path))
     return plans
 
 
@@ -638,7 +663,6 @@ def artifact_folders(exports: Path) -> list[Path]:
     folders (an export in progress) are left out.
     """
     from toolkit.formats import FORMATS
-    from toolkit.manifest import MANIFEST_NAME
 
     if not exports.is_dir():
         raise UsageError(f"no exports folder {exports}")
@@ -662,6 +686,7 @@ def _artifact_plans(
     row = ParityRow(folder.name, "?", "?", "artifact", str(folder))
     try:
         manifest = Manifest.load(folder)
+        row.manifest_sha256 = _manifest_sha256(folder)
         row.format, row.runtime = manifest.format, manifest.runtime
         manifest.verify_files(folder)  # before any runtime parses the file
         row.tolerances = Tolerances.of_format(manifest.format, overrides)
@@ -690,6 +715,60 @@ def _artifact_plans(
     return plans
 
 
+def _manifest_sha256(folder: Path) -> str | None:
+    """sha256 of ``folder/manifest.json`` (None if it vanished since it was read)."""
+    try:
+        return sha256_file(folder / MANIFEST_NAME)
+    except OSError:
+        return None
+
+
+# -- options -------------------------------------------------------------------------------
+TOLERANCE_OPTIONS = ("atol", "rtol", "min_agreement", "max_accuracy_drop")
+
+
+def check_overrides(overrides: dict[str, Any] | None) -> dict[str, float]:
+    """The non-None tolerance overrides as floats, checked.
+
+    ``atol`` and ``rtol`` must be finite and at least 0; ``min_agreement`` and
+    ``max_accuracy_drop`` are fractions in [0, 1].
+
+    Raises:
+        UsageError: an unknown name or a value out of range.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(given) - set(TOLERANCE_OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown tolerance override(s): {', '.join(sorted(unknown))}")
+    checked = {}
+    for name, value in given.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"--{name} must be a number, got {value!r}") from None
+        if name in ("atol", "rtol"):
+            if not (math.isfinite(number) and number >= 0):
+                raise UsageError(f"--{name} must be a finite number >= 0, got {value}")
+        elif not 0 <= number <= 1:  # also rejects NaN
+            example = "0.99 = 99%" if name == "min_agreement" else "0.005 = 0.5 points"
+            raise UsageError(
+                f"--{name} must be a fraction between 0 and 1 ({example}), got {value}"
+            )
+        checked[name] = number
+    return checked
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` checked: None (torch's setting) or at least 1.
+
+    Raises:
+        UsageError: ``threads`` is below 1.
+    """
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    return threads
+
+
 # -- the library function ------------------------------------------------------------------
 def verify(
     checkpoint: str | Path,
@@ -702,6 +781,8 @@ def verify(
     data_dir: str | Path | None = None,
     threads: int | None = None,
     trust_pickled_file: bool = False,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> ParityReport:
     """Compare every reload path and every artifact under ``exports`` with eager PyTorch.
 
@@ -719,11 +800,17 @@ def verify(
             float32 of shape (N, *input_shape).
         dataset: Data set of the test split (default: the run's, from ``run.json``).
         data_dir: Folder with the IDX files.
-        threads: Intra-op threads for every runtime (default: torch's current setting).
+        threads: Intra-op threads for every runtime, at least 1 (default: torch's current
+            setting).
         trust_pickled_file: Allow arbitrary unpickling of the checkpoint.
+        model: Network registry name, for a weights file that does not record it.
+        model_kwargs: Constructor kwargs of the network (override what the file records).
 
     Returns:
         The :class:`ParityReport`.
+
+    Raises:
+        UsageError: a bad option (checked before anything is loaded or run).
     """
     from toolkit.models import input_shape_of
     from toolkit.reload import RUN_INFO, load_network
@@ -734,11 +821,10 @@ def verify(
         raise UsageError(f"no exports folder {exports}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
-    overrides = {k: float(v) for k, v in (overrides or {}).items() if v is not None}
-    unknown = set(overrides) - {"atol", "rtol", "min_agreement", "max_accuracy_drop"}
-    if unknown:
-        raise UsageError(f"unknown tolerance override(s): {', '.join(sorted(unknown))}")
-    reference_net = load_network(checkpoint, trust_pickled_file=trust_pickled_file)
+    overrides = check_overrides(overrides)
+    threads = check_threads(threads)
+    reference_net = load_network(checkpoint, model, model_kwargs, trust_pickled_file)
+    checkpoint_sha256 = sha256_file(checkpoint)
     shape = input_shape_of(reference_net)
     run_info = _read_json(checkpoint.parent / RUN_INFO)
     dataset = dataset or run_info.get("dataset") or "fashion-mnist"
@@ -748,7 +834,7 @@ def verify(
     if labels is not None:
         labels = labels[: len(sets[0].x)]
     old_threads = torch.get_num_threads()
-    threads = threads or old_threads
+    threads = threads if threads is not None else old_threads
     torch.set_num_threads(threads)
     try:
         reference_row = ParityRow(
@@ -761,7 +847,9 @@ def verify(
             raise CheckFailedError(f"the eager reference did not run: {reference_row.error}")
         ref_acc = accuracy(reference["main"], labels) if labels is not None else None
         plans: list[RowPlan] = [(reference_row, None)]
-        plans += _reload_plans(checkpoint, device, shape, threads, trust_pickled_file)
+        plans += _reload_plans(
+            checkpoint, device, shape, threads, trust_pickled_file, model, model_kwargs
+        )
         notes: list[str] = []
         if exports is not None:
             folders = artifact_folders(Path(exports))
@@ -800,6 +888,7 @@ def verify(
         rows=rows,
         versions=environment(),
         notes=notes,
+        checkpoint_sha256=checkpoint_sha256,
     )
 
 
@@ -1028,6 +1117,8 @@ def verify_command(
     data_dir: str | None = None,
     threads: int | None = None,
     trust_pickled_file: bool = False,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> ParityReport:
     """Verify that every reload path and exported artifact matches eager PyTorch.
 
@@ -1036,11 +1127,11 @@ def verify_command(
     defaults; reload rows must stay bitwise equal.
 
     Args:
-        checkpoint: The run's ``model.ckpt``.
+        checkpoint: The run's ``model.ckpt`` (or its ``model.pt``/``model.safetensors``).
         exports: Folder of exported artifacts (default ``exports/<run name>``).
         device: ``cpu`` or ``cuda``.
-        atol: Absolute tolerance for value-judged formats.
-        rtol: Relative tolerance for value-judged formats.
+        atol: Absolute tolerance for value-judged formats, finite, >= 0.
+        rtol: Relative tolerance for value-judged formats, finite, >= 0.
         min_agreement: Minimal top-1 agreement with the reference, 0..1 (0.99 = 99%).
         max_accuracy_drop: Largest accuracy drop for label-judged formats, 0..1
             (0.005 = 0.5 points).
@@ -1049,15 +1140,28 @@ def verify_command(
             shape (N, *input_shape).
         dataset: Data set of the test split (default: the run's).
         data_dir: Folder with the IDX files.
-        threads: Intra-op threads for every runtime (default: torch's setting).
+        threads: Intra-op threads for every runtime, at least 1 (default: torch's setting).
         trust_pickled_file: Allow arbitrary unpickling of the checkpoint (trusted files only).
+        model: Network registry name, for a weights file that does not record it (a
+            tutorial state_dict ``.pt`` without ``run.json``).
+        model_kwargs: Constructor kwargs of ``model`` (override what the file records).
 
     Returns:
         The :class:`ParityReport`.
 
     Raises:
+        UsageError: a bad option, before anything is loaded, run or written.
         CheckFailedError: a row failed (after the reports are written).
     """
+    overrides = check_overrides(
+        {
+            "atol": atol,
+            "rtol": rtol,
+            "min_agreement": min_agreement,
+            "max_accuracy_drop": max_accuracy_drop,
+        }
+    )
+    threads = check_threads(threads)
     folder = Path(exports) if exports is not None else default_exports_dir(checkpoint)
     if not folder.is_dir():
         raise UsageError(
@@ -1068,18 +1172,15 @@ def verify_command(
         checkpoint,
         folder,
         device=device,
-        overrides={
-            "atol": atol,
-            "rtol": rtol,
-            "min_agreement": min_agreement,
-            "max_accuracy_drop": max_accuracy_drop,
-        },
+        overrides=overrides,
         limit=limit,
         inputs=inputs,
         dataset=dataset,
         data_dir=data_dir,
         threads=threads,
         trust_pickled_file=trust_pickled_file,
+        model=model,
+        model_kwargs=model_kwargs,
     )
     print_report(report)
     _, md_path = write_report(report, folder)
