@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,19 @@ import torch.nn.functional as F
 from helpers import requires_cuda, run_cli
 from torch import nn
 
-from toolkit.errors import ExportError, OutputExistsError, UnknownNameError, UsageError
-from toolkit.export import export_command, export_model, resolve_formats
+from toolkit.atomic import publish_dir
+from toolkit.errors import (
+    CheckpointError,
+    ExportError,
+    IntegrityError,
+    OutputError,
+    OutputExistsError,
+    UnknownNameError,
+    UsageError,
+)
+from toolkit.export import export_command, export_model, onnx_opset_range, resolve_formats
 from toolkit.formats import FORMATS
-from toolkit.manifest import Manifest, sha256_file
+from toolkit.manifest import MANIFEST_NAME, Manifest, sha256_file
 from toolkit.models import build_model
 from toolkit.reload import load_network
 
@@ -183,6 +194,83 @@ def test_legacy_exporter_and_opset(tmp_path: Path) -> None:
         assert_close("onnx", outputs[b], eager(model, inputs(b)))
 
 
+@pytest.mark.parametrize(
+    ("exporter", "fmt"), [("legacy", "onnx"), ("dynamo", "onnx"), ("legacy", "onnx-int8")]
+)
+def test_opset_range_ends_round_trip_and_beyond_is_refused(
+    exporter: str, fmt: str, tmp_path: Path
+) -> None:
+    """Both ends of the range export as asked and run in onnxruntime; one step out is refused."""
+    model = build_model("mlp")
+    low, high = onnx_opset_range(exporter, fmt)
+    assert low <= high
+    for opset in (low, high):
+        out = tmp_path / str(opset)
+        manifest = export_model(model, inputs(3), fmt, out, exporter=exporter, opset=opset)[fmt]
+        assert manifest.opset == opset
+        outputs = run_onnx(out / fmt / "model.onnx")
+        for b in BATCHES:
+            assert_close(fmt, outputs[b], eager(model, inputs(b)))
+    for opset in (low - 1, high + 1, -1):
+        with pytest.raises(UsageError, match=f"opset {opset} is out of range for {fmt} with the "):
+            export_model(model, inputs(3), fmt, tmp_path / "out", exporter=exporter, opset=opset)
+    assert not (tmp_path / "out").exists()
+
+
+def test_opset_ranges_of_the_installed_exporters() -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    assert onnx_opset_range("legacy")[0] >= 7, "opsets below 7 do not run in onnxruntime"
+    assert onnx_opset_range("legacy")[1] <= min(20, newest)
+    assert onnx_opset_range("dynamo") == (18, newest)
+    assert onnx_opset_range("legacy", "onnx-int8")[0] == 11
+    with pytest.raises(UsageError, match="unknown exporter 'jit'"):
+        onnx_opset_range("jit")
+
+
+def test_opset_is_checked_only_for_onnx_formats(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="opset must be a whole number, got '17'"):
+        export_model(build_model("mlp"), None, "onnx", tmp_path, opset="17")
+    manifest = export_model(build_model("mlp"), None, "torchscript", tmp_path, opset=99)
+    assert manifest["torchscript"].opset is None
+
+
+def test_export_writing_another_opset_than_asked_fails(tmp_path: Path, monkeypatch) -> None:
+    original = FORMATS.get("onnx").export
+
+    def other_opset(self, *args, **kwargs):
+        manifest = original(self, *args, **kwargs)
+        manifest.opset = 18
+        return manifest
+
+    monkeypatch.setattr(FORMATS.get("onnx"), "export", other_opset)
+    with pytest.raises(ExportError, match="wrote ONNX opset 18, not the 17 asked for"):
+        export_model(build_model("mlp"), None, "onnx", tmp_path, exporter="legacy", opset=17)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_warnings_of_a_failed_export_are_not_shown(tmp_path: Path, monkeypatch) -> None:
+    def noisy(self, model, example_input, out_dir, fail: bool = False, **options):
+        warnings.warn("exporter noise", UserWarning, stacklevel=1)
+        if fail:
+            raise ExportError("exporter crashed")
+        return original(self, model, example_input, out_dir, **options)
+
+    original = FORMATS.get("torchscript").export
+    monkeypatch.setattr(FORMATS.get("torchscript"), "export", noisy)
+    model = build_model("mlp")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ExportError, match="crashed"):
+            export_model(model, None, "torchscript", tmp_path / "failed", fail=True)
+    assert not [w for w in caught if "exporter noise" in str(w.message)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_model(model, None, "torchscript", tmp_path / "ok")
+    assert [w for w in caught if "exporter noise" in str(w.message)], "success keeps warnings"
+
+
 def test_unknown_exporter_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unknown exporter 'jit'; available: dynamo, legacy"):
         export_model(build_model("mlp"), None, "onnx", tmp_path, exporter="jit")
@@ -257,6 +345,80 @@ export_model(build_model("mlp"), None, ["onnx", "torchscript"], {str(tmp_path)!r
     assert sha256_file(tmp_path / "torchscript" / "model.pt") == before
     export_model(model, None, "torchscript", tmp_path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["torchscript"], "stale partials stay"
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) → its sha256."""
+    return {
+        str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture
+def two_exports(tmp_path: Path) -> Path:
+    """``tmp_path/out`` with a torchscript and an onnx (legacy) export of the mlp."""
+    out = tmp_path / "out"
+    export_model(build_model("mlp"), None, ["torchscript", "onnx"], out, exporter="legacy")
+    return out
+
+
+def test_failed_format_leaves_every_output_as_it_was(two_exports: Path, monkeypatch) -> None:
+    before = _snapshot(two_exports)
+
+    def broken(self, model, example_input, out_dir, **options):
+        (out_dir / "model.onnx").write_bytes(b"half")
+        raise ExportError("exporter crashed")
+
+    monkeypatch.setattr(FORMATS.get("onnx"), "export", broken)
+    model = build_model("mlp")
+    with pytest.raises(ExportError, match="crashed"):
+        export_model(model, None, ["torchscript", "onnx"], two_exports, overwrite=True, script=True)
+    assert _snapshot(two_exports) == before, "torchscript was replaced before onnx failed"
+    fresh = two_exports.parent / "fresh"
+    with pytest.raises(ExportError, match="crashed"):
+        export_model(model, None, ["torchscript", "onnx"], fresh)
+    assert list(fresh.iterdir()) == [], "a format was published although another failed"
+
+
+def test_failed_publish_puts_every_output_back(two_exports: Path, monkeypatch) -> None:
+    before = _snapshot(two_exports)
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if Path(src).name.startswith(".onnx.") and Path(src).name.endswith(".partial"):
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OutputError, match="no space left"):
+        export_model(build_model("mlp"), None, ["torchscript", "onnx"], two_exports, overwrite=True)
+    monkeypatch.undo()
+    assert _snapshot(two_exports) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "symlink", "dangling symlink"])
+def test_publish_replaces_any_output_without_leftovers(kind: str, tmp_path: Path) -> None:
+    out, target = tmp_path / "out", tmp_path / "target"
+    out.mkdir()
+    target.mkdir()
+    (target / "keep.txt").write_text("not ours")
+    final = out / "onnx"
+    if kind == "file":
+        final.write_text("a file")
+    elif kind == "folder":
+        final.mkdir()
+        (final / "old.onnx").write_text("old")
+    else:
+        final.symlink_to(target if kind == "symlink" else tmp_path / "missing")
+    staging = out / f".onnx.{os.getpid()}.partial"
+    staging.mkdir()
+    (staging / "model.onnx").write_text("new")
+    with pytest.raises(OutputExistsError):
+        publish_dir(staging, final, overwrite=False)
+    publish_dir(staging, final, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["onnx"], "a .old or .partial was left"
+    assert not final.is_symlink() and (final / "model.onnx").read_text() == "new"
+    assert (target / "keep.txt").read_text() == "not ours", "a symlink's target was touched"
 
 
 # -- pre-export checks ---------------------------------------------------------------------
@@ -372,7 +534,8 @@ def test_format_names() -> None:
     with pytest.raises(UnknownNameError) as info:
         resolve_formats(["onnx", "onx"])
     assert str(info.value) == (
-        "unknown format 'onx'; available: exported-program, onnx, onnx-fp16, onnx-int8, torchscript"
+        "unknown format 'onx'; available: all, exported-program, onnx, onnx-fp16, onnx-int8, "
+        "torchscript"
     )
 
 
@@ -436,7 +599,112 @@ def test_cli_unknown_format_is_one_line(tmp_path: Path, trained_run: Path) -> No
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "toolkit: error: unknown format 'onx'; available: exported-program, onnx, onnx-fp16, "
-        "onnx-int8, torchscript"
+        "toolkit: error: unknown format 'onx'; available: all, exported-program, onnx, "
+        "onnx-fp16, onnx-int8, torchscript"
     ]
     assert not (tmp_path / "exports").exists()
+
+
+@pytest.mark.parametrize(
+    ("exporter", "opset"), [("dynamo", 99), ("dynamo", 5), ("legacy", 5), ("legacy", 99)]
+)
+def test_cli_opset_out_of_range_is_one_line(
+    exporter: str, opset: int, tmp_path: Path, trained_run: Path
+) -> None:
+    low, high = onnx_opset_range(exporter)
+    proc = run_cli(
+        "export", "--checkpoint", str(trained_run / "model.ckpt"), "--format", "onnx",
+        "--output_dir", str(tmp_path / "out"), "--exporter", exporter, "--opset", str(opset),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"toolkit: error: opset {opset} is out of range for onnx with the {exporter} exporter: "
+        f"use {low} to {high}"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_option_leaves_earlier_exports_as_they_were(
+    tmp_path: Path, trained_run: Path
+) -> None:
+    out = tmp_path / "out"
+    export_model(build_model("mlp"), None, ["torchscript", "onnx"], out, exporter="legacy")
+    before = _snapshot(out)
+    proc = run_cli(
+        "export", "--checkpoint", str(trained_run / "model.ckpt"),
+        "--format", "torchscript,onnx", "--output_dir", str(out),
+        "--exporter", "legacy", "--opset", "99", "--overwrite",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("toolkit: error: opset 99 "), proc.stderr
+    assert _snapshot(out) == before, "an output was replaced before the opset was refused"
+
+
+def test_cli_overwrite_replaces_a_plain_file_without_leftovers(
+    tmp_path: Path, trained_run: Path
+) -> None:
+    (tmp_path / "onnx").write_text("not an export")
+    proc = run_cli(
+        "export", "--checkpoint", str(trained_run / "model.ckpt"), "--format", "onnx",
+        "--output_dir", str(tmp_path), "--exporter", "legacy", "--overwrite",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"], "a .old was left"
+    Manifest.load(tmp_path / "onnx").verify_files(tmp_path / "onnx")
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ([], "lists no files"),
+        (
+            [{"name": "model.onnx", "sha256": "0" * 64, "size": 1, "role": "external-data"}],
+            "lists no model file",
+        ),
+        (
+            [{"name": "../model.onnx", "sha256": "0" * 64, "size": 1, "role": "model"}],
+            "not a plain file name",
+        ),
+    ],
+)
+def test_manifest_without_a_model_file_is_refused(
+    files: list, problem: str, mlp_exports: tuple, tmp_path: Path
+) -> None:
+    folder = tmp_path / "onnx"
+    shutil.copytree(mlp_exports[0] / "onnx", folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    (folder / MANIFEST_NAME).write_text(json.dumps({**data, "files": files}))
+    with pytest.raises(CheckpointError, match=problem):
+        Manifest.load(folder)
+    manifest = Manifest.from_json({**data, "files": files})
+    with pytest.raises(IntegrityError, match=problem):
+        manifest.model_file  # noqa: B018
+    with pytest.raises(IntegrityError, match=problem):
+        manifest.verify_files(folder)
+
+
+@pytest.mark.parametrize("command", ["verify", "bench"])
+def test_cli_manifest_listing_no_files_is_named(
+    command: str, mlp_exports: tuple, tmp_path: Path, trained_run: Path, idx_dir: Path
+) -> None:
+    exports = tmp_path / "exports"
+    shutil.copytree(mlp_exports[0] / "onnx", exports / "onnx")
+    data = json.loads((exports / "onnx" / MANIFEST_NAME).read_text())
+    (exports / "onnx" / MANIFEST_NAME).write_text(json.dumps({**data, "files": []}))
+    args = ["--checkpoint", str(trained_run / "model.ckpt"), "--exports", str(exports)]
+    if command == "verify":
+        args += ["--data_dir", str(idx_dir), "--limit", "20"]
+    else:
+        args += [
+            "--runtimes", "onnxruntime", "--batch_sizes", "[1]", "--min_calls", "1",
+            "--min_time", "0", "--max_time", "0.1", "--rounds", "1", "--warmup_calls", "1",
+            "--output_dir", str(tmp_path / "bench"),
+        ]  # fmt: skip
+    proc = run_cli(command, *args, cwd=tmp_path, env={"COLUMNS": "400"})
+    output = proc.stdout + proc.stderr
+    assert "StopIteration" not in output
+    assert f"{exports / 'onnx' / MANIFEST_NAME} lists no files" in " ".join(output.split())
+    if command == "verify":
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith("toolkit: error: parity failed")

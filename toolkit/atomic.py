@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,9 @@ def ensure_writable_dir(folder: str | Path) -> Path:
 
 
 def check_new(path: str | Path, overwrite: bool) -> Path:
-    """Raise if ``path`` exists and ``overwrite`` is False."""
+    """Raise if ``path`` exists (a dangling symlink too) and ``overwrite`` is False."""
     path = Path(path)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     return path
 
@@ -112,24 +112,49 @@ def clean_stale_partials(folder: str | Path) -> list[Path]:
     """Tidy up after killed processes: remove their ``.<name>.<pid>.partial`` outputs.
 
     A ``.<name>.<pid>.old`` (an output being replaced when the process died) is moved back
-    to ``<name>`` if nothing took its place, else removed. Files of live processes are
-    left alone. Returns what was removed or restored.
+    to ``<name>`` if nothing took its place, else removed. Only names exactly of the form
+    toolkit writes count: ``<name>`` not hidden, ``<pid>`` a possible process id, and a
+    ``.partial`` no symlink. Any other name, and the outputs of processes still running,
+    are left alone; an odd name never raises. Returns what was removed or restored.
     """
+    import re
+
     folder = Path(folder)
     touched: list[Path] = []
-    if not folder.is_dir():
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:  # no folder, or not readable: nothing to tidy
         return touched
-    for leftover in [*folder.glob(".*.partial"), *folder.glob(".*.old")]:
-        stem, pid, _ = leftover.name[1:].rsplit(".", 2)
-        if not pid.isdigit() or _pid_alive(int(pid)):
+    leftover_name = re.compile(r"\.([^.].*)\.([1-9][0-9]{0,9})\.(partial|old)", re.DOTALL)
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 4_194_304  # the largest pid_max Linux allows
+    for entry in entries:
+        match = leftover_name.fullmatch(entry.name)
+        if match is None:
             continue
-        final = folder / stem
-        if leftover.suffix == ".old" and not final.exists():
-            os.replace(leftover, final)
-        else:
-            _remove(leftover)
-        touched.append(leftover)
+        stem, pid_text, kind = match.groups()
+        pid = int(pid_text)
+        leftover, final = folder / entry.name, folder / stem
+        try:
+            if kind == "partial" and entry.is_symlink():
+                continue  # toolkit stages files and folders only (an .old may be a link)
+            if pid > pid_max or pid == os.getpid() or _pid_alive(pid):
+                continue  # no process could have written it, or its process still runs
+            if kind == "old" and not os.path.lexists(final):
+                os.rename(leftover, final)
+            else:
+                _remove(leftover)
+        except OSError:  # gone meanwhile (another process tidied up), or not ours to touch
+            continue
+        if not os.path.lexists(leftover):
+            touched.append(leftover)
     return touched
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.old")
 
 
 def publish_dir(staging: Path, final: Path, overwrite: bool) -> None:
@@ -137,13 +162,43 @@ def publish_dir(staging: Path, final: Path, overwrite: bool) -> None:
 
     Replacing takes two renames; a kill between them leaves the old folder as
     ``.<name>.<pid>.old``, which :func:`clean_stale_partials` moves back. ``final`` is
-    never a half-written folder.
+    never a half-written folder, and what it replaced (a folder, a file or a symlink) is
+    removed afterwards, leaving no ``.old`` behind.
     """
-    check_new(final, overwrite)
-    if not final.exists():
-        os.rename(staging, final)
-        return
-    old = final.with_name(f".{final.name}.{os.getpid()}.old")
-    os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dirs([(staging, final)], overwrite)
+
+
+def publish_dirs(moves: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
+    """Rename each complete folder ``staging`` to its ``final``: all of them, or none.
+
+    Every ``final`` is checked first (:class:`OutputExistsError` without ``overwrite``).
+    Existing ones are moved aside to ``.<name>.<pid>.old``, the staged folders are renamed
+    into place, and only then are the old ones removed. If a rename fails, the renames done
+    so far are undone (the old outputs come back, the staged folders stay staged) and the
+    ``OSError`` is raised. A kill during the renames (a few system calls) can still leave
+    some outputs replaced and others not; :func:`clean_stale_partials` restores the rest.
+    """
+    moves = [(Path(staging), Path(final)) for staging, final in moves]
+    for _, final in moves:
+        check_new(final, overwrite)
+    aside: list[tuple[Path, Path]] = []  # (final, old)
+    placed: list[tuple[Path, Path]] = []  # (staging, final)
+    try:
+        for _, final in moves:
+            if os.path.lexists(final):  # a dangling symlink too
+                old = _old_name(final)
+                os.rename(final, old)
+                aside.append((final, old))
+        for staging, final in moves:
+            os.rename(staging, final)
+            placed.append((staging, final))
+    except BaseException:
+        for staging, final in reversed(placed):
+            with contextlib.suppress(OSError):
+                os.rename(final, staging)
+        for final, old in reversed(aside):
+            with contextlib.suppress(OSError):
+                os.rename(old, final)
+        raise
+    for _, old in aside:
+        _remove(old)  # a file or symlink as well as a folder

@@ -4,19 +4,23 @@
 ``export_command`` is the ``toolkit export`` verb. Before exporting, the module is put in
 eval mode (and the user is told), and checked for modules left in training mode,
 batch-statistics BatchNorm, random ops, parameters split across devices and a missing
-example input. Each format is written into a hidden ``.<format>.<pid>.partial`` folder and
-renamed to ``<out_dir>/<format>/`` once complete, so a killed export never leaves a
-partial folder under the final name, and an existing one is replaced only with
-``overwrite``.
+example input. All options (formats, exporter, opset, ...) are checked before anything is
+exported. Each format is written into a hidden ``.<format>.<pid>.partial`` folder, and the
+folders are renamed to ``<out_dir>/<format>/`` only once every format succeeded: a failed
+export leaves ``out_dir`` as it was, a killed one never leaves a partial folder under the
+final name, and an existing one is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
+import numbers
 import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,11 @@ from toolkit.atomic import (
     clean_stale_partials,
     ensure_writable_dir,
     output_error,
-    publish_dir,
+    publish_dirs,
 )
-from toolkit.errors import ExportError, UsageError
+from toolkit.errors import ExportError, UnknownNameError, UsageError
 from toolkit.formats import FORMATS
+from toolkit.formats.onnx import EXPORTERS, OnnxFormat, import_onnx
 from toolkit.manifest import Manifest, default_exports_dir, sha256_file
 
 #: The smallest example batch: exporters can specialise a batch of 1 to a constant.
@@ -55,13 +60,108 @@ def resolve_formats(formats: str | list[str] | tuple[str, ...]) -> list[str]:
             name = name.strip()
             if not name:
                 continue
+            if name != "all" and name not in FORMATS:
+                raise UnknownNameError(f"unknown format '{name}'; available: {_format_choices()}")
             for resolved in FORMATS.names() if name == "all" else [name]:
-                FORMATS.get(resolved)
                 if resolved not in names:
                     names.append(resolved)
     if not names:
-        raise UsageError(f"no format given; available: all, {', '.join(FORMATS.names())}")
+        raise UsageError(f"no format given; available: {_format_choices()}")
     return names
+
+
+def _format_choices() -> str:
+    return ", ".join(["all", *FORMATS.names()])
+
+
+# -- option checks (all of them before anything is exported) -----------------------------
+#: Fallbacks for the torch constants read by :func:`onnx_opset_range` (torch 2.11-2.14).
+_LEGACY_MIN_OPSET, _LEGACY_MAX_OPSET, _DYNAMO_MIN_OPSET = 7, 20, 18
+#: Formats that need a newer opset than the exporter's lowest. onnxruntime's quantizer
+#: rewrites models below opset 10 to 11 (the file would not have the opset asked for), and
+#: at opset 10 the int8 mlp was about 100x further from fp32 than at 11.
+FORMAT_MIN_OPSET = {"onnx-int8": 11}
+
+
+def _torch_constant(module: str, name: str, default: int) -> int:
+    try:
+        return int(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return default
+
+
+def onnx_opset_range(exporter: str, fmt: str = "onnx") -> tuple[int, int]:
+    """The lowest and highest ONNX opset ``exporter`` writes correctly for ``fmt``, as installed.
+
+    ``legacy`` (TorchScript-based): torch's ``ONNX_MIN_OPSET`` (7; below it onnxruntime has
+    no kernels for the ops written) to ``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20; above
+    it torch only warns). ``dynamo``: torchlib's opset (18; a lower one is silently written
+    as 18) to the newest opset the installed ``onnx`` knows (a newer one is also silently
+    written as 18). Both are capped by that newest opset; ``onnx-int8`` needs at least 11.
+
+    Raises:
+        UsageError: unknown exporter.
+        MissingDependencyError: ``onnx`` is not installed.
+    """
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter '{exporter}'; available: {', '.join(EXPORTERS)}")
+    newest = int(import_onnx().defs.onnx_opset_version())
+    if exporter == "legacy":
+        low = _torch_constant("torch.onnx._constants", "ONNX_MIN_OPSET", _LEGACY_MIN_OPSET)
+        high = _torch_constant(
+            "torch.onnx._constants", "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _LEGACY_MAX_OPSET
+        )
+    else:
+        low = _torch_constant(
+            "torch.onnx._internal.exporter._constants", "TORCHLIB_OPSET", _DYNAMO_MIN_OPSET
+        )
+        high = newest
+    return max(low, FORMAT_MIN_OPSET.get(fmt, low)), min(high, newest)
+
+
+def _check_flag(options: dict[str, Any], key: str, allow_none: bool = False) -> None:
+    value = options.get(key)
+    if key not in options or isinstance(value, bool) or (allow_none and value is None):
+        return
+    raise UsageError(f"{key} must be true or false, got {value!r}")
+
+
+def check_format_options(names: list[str], options: dict[str, Any]) -> None:
+    """Refuse bad format options up front, so that a bad one never leaves a half-done export.
+
+    ``exporter`` and ``opset`` are checked when an ONNX format is among ``names`` (the
+    others ignore them): the exporter must exist and the opset be one it writes correctly
+    for each of those formats (:func:`onnx_opset_range`). ``script``, ``per_channel`` and
+    ``external_data`` must be booleans (``external_data`` may also be None).
+
+    Raises:
+        UsageError: an unknown exporter, an opset out of range, or a mistyped option.
+    """
+    _check_flag(options, "script")
+    _check_flag(options, "per_channel")
+    _check_flag(options, "external_data", allow_none=True)
+    onnx_names = [name for name in names if issubclass(FORMATS.get(name), OnnxFormat)]
+    if not onnx_names:
+        return
+    exporter = options.get("exporter", "dynamo")
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter '{exporter}'; available: {', '.join(EXPORTERS)}")
+    opset = options.get("opset")
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
+        raise UsageError(f"opset must be a whole number, got {opset!r}")
+    for name in onnx_names:
+        low, high = onnx_opset_range(exporter, name)
+        if low <= opset <= high:
+            continue
+        message = f"opset {opset} is out of range for {name} with the {exporter} exporter"
+        message += f": use {low} to {high}"
+        for other in EXPORTERS:
+            other_low, other_high = onnx_opset_range(other, name)
+            if other != exporter and other_low <= opset <= other_high:
+                message += f" (or --exporter {other}, which writes {other_low} to {other_high})"
+        raise UsageError(message)
 
 
 # -- pre-export checks ------------------------------------------------------------------
@@ -213,6 +313,52 @@ def _staging(final: Path, tag: str = "partial") -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{tag}")
 
 
+def stage_one(
+    name: str,
+    module: nn.Module,
+    example: torch.Tensor,
+    out_dir: Path,
+    provenance: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[Path, Manifest]:
+    """Export one format into a hidden staging folder in ``out_dir``, with its manifest.
+
+    Returns the staging folder (for :func:`~toolkit.atomic.publish_dirs`) and the manifest.
+    On failure the staging folder is removed and the exporter's warnings are dropped, so
+    the error stays one line; on success the warnings are shown.
+
+    Raises:
+        ExportError: the export failed, or wrote another opset than the one asked for.
+        OutputError: the staging folder cannot be written.
+    """
+    fmt = FORMATS.get(name)()
+    staging = _staging(out_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            manifest = fmt.export(module, example, staging, **options)
+        manifest.export_seconds = round(time.perf_counter() - start, 4)
+        opset = options.get("opset")
+        if opset is not None and manifest.opset is not None and manifest.opset != opset:
+            raise ExportError(
+                f"the {name} export wrote ONNX opset {manifest.opset}, not the {opset} asked for"
+            )
+        for key, value in provenance.items():
+            setattr(manifest, key, value)
+        manifest.save(staging)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise output_error(out_dir / name, exc) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return staging, manifest
+
+
 def export_one(
     name: str,
     module: nn.Module,
@@ -223,25 +369,34 @@ def export_one(
     options: dict[str, Any],
 ) -> Manifest:
     """Export one format into ``out_dir/<name>/`` atomically; returns its manifest."""
-    fmt = FORMATS.get(name)()
-    final = check_new(out_dir / name, overwrite)
-    staging = _staging(final)
-    shutil.rmtree(staging, ignore_errors=True)
+    return _export_all([name], module, example, out_dir, overwrite, provenance, options)[name]
+
+
+def _export_all(
+    names: list[str],
+    module: nn.Module,
+    example: torch.Tensor,
+    out_dir: Path,
+    overwrite: bool,
+    provenance: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Manifest]:
+    """Stage every format, then publish them together: all of them, or none."""
+    for name in names:
+        check_new(out_dir / name, overwrite)
+    staged: dict[str, tuple[Path, Manifest]] = {}
     try:
-        staging.mkdir()
-        start = time.perf_counter()
-        manifest = fmt.export(module, example, staging, **options)
-        manifest.export_seconds = round(time.perf_counter() - start, 4)
-        for key, value in provenance.items():
-            setattr(manifest, key, value)
-        manifest.save(staging)
-        publish_dir(staging, final, overwrite)
+        for name in names:
+            staged[name] = stage_one(name, module, example, out_dir, provenance, options)
+        moves = [(staging, out_dir / name) for name, (staging, _) in staged.items()]
+        publish_dirs(moves, overwrite)
     except OSError as exc:
-        raise output_error(final, exc) from None
+        raise output_error(out_dir, exc) from None
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+        for staging, _ in staged.values():
+            if os.path.lexists(staging):  # not published: the export failed or was stopped
+                shutil.rmtree(staging, ignore_errors=True)
+    return {name: manifest for name, (_, manifest) in staged.items()}
 
 
 def export_model(
@@ -257,13 +412,17 @@ def export_model(
 ) -> dict[str, Manifest]:
     """Export a network to each format in ``out_dir/<format>/`` (artifact + manifest.json).
 
+    All options are checked before anything is exported. Every format is built in a
+    hidden staging folder, and the folders are renamed into place only once all of them
+    succeeded: a failed export leaves ``out_dir`` as it was.
+
     Args:
         model: A plain ``nn.Module`` or a LightningModule (its ``.model`` is exported).
         example_input: A float32 batch; None takes the LightningModule's
             ``example_input_array`` or builds one from the network's ``input_shape``.
         formats: Format names, a comma-separated string, or ``all``.
         out_dir: Parent folder of the per-format folders.
-        overwrite: Replace existing format folders (only once the new one is complete).
+        overwrite: Replace existing format folders (only once the new ones are complete).
         source_checkpoint: The weights file the network came from (hashed into the manifest).
         network: Registry name of the network, recorded in the manifest.
         network_kwargs: Its constructor kwargs, recorded in the manifest.
@@ -273,10 +432,12 @@ def export_model(
         Format name → manifest, in the order exported.
 
     Raises:
-        UsageError: unknown format, missing example input, or an existing output.
+        UsageError: unknown format or exporter, an opset out of range, missing example
+            input, or an existing output.
         ExportError: the model cannot be exported correctly.
     """
     names = resolve_formats(formats)
+    check_format_options(names, format_options)
     out_dir = ensure_writable_dir(out_dir)
     for name in names:  # refuse before any work
         check_new(out_dir / name, overwrite)
@@ -288,10 +449,7 @@ def export_model(
         "source_checkpoint": str(source_checkpoint) if source_checkpoint else None,
         "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
     }
-    return {
-        name: export_one(name, module, example, out_dir, overwrite, provenance, format_options)
-        for name in names
-    }
+    return _export_all(names, module, example, out_dir, overwrite, provenance, format_options)
 
 
 def export_command(
@@ -327,6 +485,8 @@ def export_command(
 
     path = Path(checkpoint)
     names = resolve_formats(format)
+    options = {"exporter": exporter, "opset": opset, "script": script}
+    check_format_options(names, options)  # before reading a possibly large checkpoint
     weights = read_weights(path, trust_pickled_file)  # read once: large checkpoints
     _, saved_name, saved_kwargs = weights
     network = network_from_weights(weights, str(path), network=model)
@@ -342,9 +502,7 @@ def export_command(
         source_checkpoint=path,
         network=model or saved_name,
         network_kwargs=saved_kwargs if (model or saved_name) == saved_name else {},
-        exporter=exporter,
-        opset=opset,
-        script=script,
+        **options,
     )
     for name, manifest in manifests.items():
         size = sum(f.size for f in manifest.files)

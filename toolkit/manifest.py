@@ -82,8 +82,34 @@ class Manifest:
 
     @property
     def model_file(self) -> str:
-        """Name of the main artifact file."""
+        """Name of the main artifact file.
+
+        Raises:
+            IntegrityError: the manifest lists no files, or none with the role "model".
+        """
+        problem = self.files_problem()
+        if problem:
+            raise IntegrityError(f"the {self.format or 'artifact'} manifest {problem}")
         return next(f.name for f in self.files if f.role == "model")
+
+    def files_problem(self) -> str | None:
+        """What is wrong with ``files`` (as a phrase: "lists no files"), or None if usable.
+
+        Usable means: at least one file, exactly one with the role "model", and every name a
+        plain file name (no folder part), so that it names a file in the artifact folder.
+        """
+        if not self.files:
+            return "lists no files"
+        models = [f.name for f in self.files if f.role == "model"]
+        if not models:
+            return 'lists no model file (no file with role "model")'
+        if len(models) > 1:
+            return f"lists {len(models)} model files ({', '.join(models)}); expected one"
+        for entry in self.files:
+            name = entry.name
+            if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+                return f"lists a file name that is not a plain file name: {name!r}"
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """Plain-data form."""
@@ -103,20 +129,35 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: str | Path) -> Manifest:
-        """Read ``folder/manifest.json`` (or the manifest path itself)."""
+        """Read ``folder/manifest.json`` (or the manifest path itself).
+
+        Raises:
+            CheckpointError: no manifest, not a valid one, or its ``files`` list no usable
+                model file (see :meth:`files_problem`).
+        """
         path = Path(folder)
         if path.is_dir():
             path = path / MANIFEST_NAME
         try:
-            return cls.from_json(json.loads(path.read_text()))
+            manifest = cls.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
             raise CheckpointError(f"no manifest at {path}; export the artifact again") from None
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a valid manifest ({exc})") from None
+        problem = manifest.files_problem()
+        if problem:
+            raise CheckpointError(f"{path} {problem}; export the artifact again")
+        return manifest
 
     def verify_files(self, folder: str | Path) -> None:
-        """Check every file's presence, size and sha256; raise :class:`IntegrityError`."""
+        """Check every file's presence, size and sha256; raise :class:`IntegrityError`.
+
+        A manifest listing no files (or no model file) fails too: it vouches for nothing.
+        """
         folder = Path(folder)
+        problem = self.files_problem()
+        if problem:
+            raise IntegrityError(f"{folder / MANIFEST_NAME} {problem}; export the artifact again")
         for entry in self.files:
             path = folder / entry.name
             if not path.is_file():
