@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,9 @@ def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert f"Test Acc {info['test_acc'] * 100:.2f}%" in proc.stdout.splitlines()[-1]
+    bogus = ["--accelerator", "bogus", "--data_dir", str(idx_dir)]
+    proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"), *bogus)
+    assert_one_line_error(proc, 2, "bad --accelerator 'bogus'", "invalid accelerator name")
 
 
 def test_config_file_and_print_config(tmp_path: Path) -> None:
@@ -92,6 +100,8 @@ def test_trainer_callback_from_the_command_line(tmp_path: Path, idx_dir: Path) -
 
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:
+    """The launching process hands the folders to the others; a ':' in them once broke it."""
+    out = tmp_path / "out:1"
     proc = run_cli(
         "train",
         "--data_dir",
@@ -99,9 +109,9 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:
         "--max_epochs",
         "1",
         "--output_dir",
-        str(tmp_path),
+        str(out),
         "--run_name",
-        "ddp",
+        "ddp:1",
         "--trainer.strategy",
         "ddp",
         "--trainer.accelerator",
@@ -117,8 +127,9 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:
     assert (
         "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
     )
-    assert (tmp_path / "ddp" / "model.ckpt").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert (out / "ddp:1" / "model.ckpt").is_file()
+    assert json.loads((out / "ddp:1" / "run.json").read_text())["run_dir"] == str(out / "ddp:1")
+    assert sorted(p.name for p in out.iterdir()) == ["ddp:1"]
 
 
 def test_unknown_model(tmp_path: Path) -> None:
@@ -177,3 +188,92 @@ def test_debug_shows_traceback() -> None:
 def test_help(argv: list[str]) -> None:
     proc = run_cli(*argv)
     assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_empty_run_name_with_overwrite_keeps_the_output_folder(tmp_path: Path) -> None:
+    """It once renamed the whole output folder (every earlier run) away."""
+    out = tmp_path / "runs"
+    (out / "earlier").mkdir(parents=True)
+    (out / "earlier" / "run.json").write_text("{}")
+    proc = run_cli("train", "--output_dir", str(out), "--run_name", "", "--overwrite")
+    assert_one_line_error(proc, 2, "--run_name must be a plain folder name", "got ''")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert [p.name for p in out.iterdir()] == ["earlier"]
+    assert (out / "earlier" / "run.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [(signal.SIGINT, 130, "toolkit: interrupted"), (signal.SIGTERM, 143, "toolkit: terminated")],
+)
+def test_signal_while_training(
+    tmp_path: Path, idx_dir: Path, signum: int, code: int, line: str
+) -> None:
+    """Ctrl-C once exited 1 (Lightning's sys.exit) and SIGTERM 0; now 130 and 143, with the
+    earlier run that --overwrite would replace left as it was."""
+    out = tmp_path / "runs"
+    (out / "r").mkdir(parents=True)
+    (out / "r" / "run.json").write_text("{}")
+    args = ["train", "--data_dir", str(idx_dir), "--output_dir", str(out), "--run_name", "r"]
+    args += ["--trainer.accelerator", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", *args, "--overwrite", "--max_epochs", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob(".r.*.partial/metrics.csv")):  # an epoch has ended
+            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr
+    assert [ln for ln in stderr.splitlines() if ln.strip()][-1] == line
+    assert "Traceback" not in stderr
+    assert [p.name for p in out.iterdir()] == ["r"]  # no staging folder left
+    assert [p.name for p in (out / "r").iterdir()] == ["run.json"]
+
+
+def test_ctrl_c_while_reading_the_arguments(monkeypatch, capsys) -> None:
+    """Once a KeyboardInterrupt traceback: the argument handling ran outside the try."""
+    from toolkit import cli
+
+    def ctrl_c(argv: list[str]) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_bool_flags", ctrl_c)
+    try:
+        code = cli.main(["train", "--overwrite"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert code == 130
+    assert capsys.readouterr().err == "toolkit: interrupted\n"
+
+
+def test_sigterm_while_reading_the_arguments(monkeypatch, capsys) -> None:
+    from toolkit import cli
+
+    class NotHandledError(Exception):
+        pass
+
+    def outer(signum: int, frame: object) -> None:
+        raise NotHandledError
+
+    def sigterm(argv: list[str]) -> list[str]:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs at once; this is a fallback
+        return argv
+
+    previous = signal.signal(signal.SIGTERM, outer)
+    try:
+        monkeypatch.setattr(cli, "_bool_flags", sigterm)
+        assert cli.main(["train"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is outer  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == "toolkit: terminated\n"

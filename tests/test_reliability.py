@@ -73,8 +73,9 @@ def test_damaged_weight_files(tmp_path: Path, trained_run: Path, name: str, dama
     }[damage]
     path = tmp_path / name
     path.write_bytes(data)
-    flag = "--checkpoint" if name.endswith(".ckpt") else "--weights"
-    proc = run_cli("evaluate", flag, str(path), "--model", "mlp")
+    # a checkpoint records its network; --model is for weights files only
+    args = ["--checkpoint", str(path)] if name.endswith(".ckpt") else ["--weights", str(path)]
+    proc = run_cli("evaluate", *args, *([] if name.endswith(".ckpt") else ["--model", "mlp"]))
     assert proc.returncode == 1, proc.stderr
     assert_one_line_error(proc, 1, str(path))
 

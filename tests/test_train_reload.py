@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -284,3 +285,269 @@ def test_denormals_are_flushed_while_training_and_restored_after(
     )
     assert seen == [flush, flush]
     assert not _denormals_are_flushed()
+
+
+# -- checks before training ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../up", "/tmp/elsewhere", ".hidden"])
+def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, idx_dir: Path, name: str) -> None:
+    """``--run_name "" --overwrite`` once moved the whole output folder away."""
+    out = tmp_path / "runs"
+    (out / "earlier").mkdir(parents=True)
+    (out / "earlier" / "run.json").write_text("{}")
+    with pytest.raises(UsageError, match="--run_name must be a plain folder name"):
+        train(data_dir=str(idx_dir), output_dir=str(out), run_name=name, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["earlier"]
+    assert (out / "earlier" / "run.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_workers": -1}, "--num_workers must be 0 or more"),
+        ({"learning_rate": 0.0}, "--learning_rate must be a positive number"),
+        ({"learning_rate": -0.01}, "--learning_rate must be a positive number"),
+        ({"learning_rate": float("nan")}, "--learning_rate must be a positive number"),
+        ({"learning_rate": float("inf")}, "--learning_rate must be a positive number"),
+        # 480 samples: 440 train, 40 val
+        ({"batch_size": 441}, "--batch_size 441 is larger than the training split (440"),
+        ({"model_kwargs": {"num_features": 100}}, "shape (1, 10, 10), but fashion-mnist"),
+        ({"model_kwargs": {"num_classes": 5}}, "outputs of shape (2, 5) for a batch of 2"),
+        ({"model": "cnn", "model_kwargs": {"in_channels": 3}}, "shape (3, 28, 28), but"),
+    ],
+)
+def test_bad_settings_fail_before_training(
+    tmp_path: Path, idx_dir: Path, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(UsageError) as info:
+        train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path / "runs"), **kwargs)
+    assert message in str(info.value)
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_batch_size_of_the_whole_split_still_trains(tmp_path: Path, idx_dir: Path) -> None:
+    result = train(
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        batch_size=440,
+        output_dir=str(tmp_path),
+        trainer={"logger": False, "limit_val_batches": 1},
+    )
+    assert result.epochs_run == 1
+
+
+def test_clean_stale_partials_parses_names_strictly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from toolkit.atomic import clean_stale_partials
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead, alive = child.pid, os.getpid()
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    (tmp_path / ".backup.old").write_text("a user's file")  # once a ValueError
+    (tmp_path / f".best.{pid_max + 1}.partial").mkdir()  # no process can have this pid
+    (tmp_path / f".best.{pid_max + 1}.partial" / "keep").write_text("x")
+    (tmp_path / ".x.12.partial.bak").write_text("x")
+    (tmp_path / f".{dead}.partial").write_text("x")  # no name before the pid
+    (tmp_path / f"..hidden.{dead}.partial").write_text("x")
+    (tmp_path / f".link.{dead}.partial").symlink_to(tmp_path / "done")  # toolkit makes none
+    (tmp_path / f".notes.{dead}.old").write_text("n")  # a replaced file, not yet restored
+    (tmp_path / f".r.{alive}.partial").mkdir()  # a run in progress
+    (tmp_path / f".r.{dead}.partial").mkdir()  # a killed run
+    (tmp_path / f".run.json.{dead}.partial").write_text("{")  # a killed atomic write
+    (tmp_path / f".prev.{dead}.old").mkdir()  # killed between publish_dir's two renames
+    (tmp_path / f".prev.{dead}.old" / "run.json").write_text("{}")
+    (tmp_path / "done").mkdir()
+    (tmp_path / f".done.{dead}.old").mkdir()  # its replacement was published
+    untouched = {p.name for p in tmp_path.iterdir()} - {
+        f".r.{dead}.partial",
+        f".run.json.{dead}.partial",
+        f".prev.{dead}.old",
+        f".done.{dead}.old",
+        f".notes.{dead}.old",
+    }
+
+    touched = clean_stale_partials(tmp_path)
+
+    assert sorted(p.name for p in touched) == sorted(
+        [
+            f".r.{dead}.partial",
+            f".run.json.{dead}.partial",
+            f".prev.{dead}.old",
+            f".done.{dead}.old",
+            f".notes.{dead}.old",
+        ]
+    )
+    assert {p.name for p in tmp_path.iterdir()} == untouched | {"prev", "notes"}
+    assert (tmp_path / "notes").read_text() == "n"
+    assert (tmp_path / "prev" / "run.json").read_text() == "{}"  # moved back
+    assert (tmp_path / f".best.{pid_max + 1}.partial" / "keep").is_file()
+    assert clean_stale_partials(tmp_path / "missing") == []
+
+
+# -- what a run folder records ---------------------------------------------------------------
+def _full_accuracies(model: torch.nn.Module, idx_dir: Path) -> tuple[float, float, float]:
+    """Accuracy of ``model`` on every train, val and test sample, without Lightning."""
+    from toolkit.data import MNISTDataModule
+
+    data = MNISTDataModule(str(idx_dir))
+    data.setup("fit")
+    with torch.no_grad():
+        return tuple(
+            float((model(part.images).argmax(dim=1) == part.labels).float().mean())
+            for part in (data.mnist_train, data.mnist_val, data.mnist_test)
+        )  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"fast_dev_run": True},  # also limits the test passes to one batch
+        {"logger": False, "limit_test_batches": 0, "limit_val_batches": 1},  # once IndexError
+    ],
+)
+def test_accuracies_count_every_sample_and_files_lists_only_written_files(
+    tmp_path: Path, idx_dir: Path, options: dict
+) -> None:
+    (tmp_path / ".backup.old").write_text("a user's file")  # once crashed every train
+    result = train(
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        eval_batch_size=16,  # the test passes would have 28, 3 and 8 batches
+        trainer={"accelerator": "cpu", "devices": 1, **options},
+    )
+    run_dir = Path(result.run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    full = _full_accuracies(result.model, idx_dir)
+    assert (info["train_acc"], info["val_acc"], info["test_acc"]) == pytest.approx(full)
+    assert info["files"] == {
+        "checkpoint": "model.ckpt",
+        "state_dict": "model.pt",
+        "safetensors": "model.safetensors",
+    }  # no logger wrote metrics.csv, so no epochs.csv either
+    assert all((run_dir / name).is_file() for name in info["files"].values())
+    assert not (run_dir / "metrics.csv").exists()
+    assert (tmp_path / ".backup.old").read_text() == "a user's file"
+
+
+def test_run_json_lists_the_logged_files(run) -> None:
+    files = json.loads((Path(run.run_dir) / "run.json").read_text())["files"]
+    assert set(files) == {"checkpoint", "state_dict", "safetensors", "metrics", "epochs"}
+    assert all((Path(run.run_dir) / name).is_file() for name in files.values())
+
+
+def test_a_users_model_checkpoint_turns_checkpointing_on(tmp_path: Path, idx_dir: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from toolkit.train import _trainer
+
+    own = ModelCheckpoint()
+    assert _trainer(None, 1, 0, {"callbacks": [own]}).checkpoint_callback is own
+    with pytest.raises(UsageError, match="enable_checkpointing=False"):
+        _trainer(None, 1, 0, {"callbacks": [ModelCheckpoint()], "enable_checkpointing": False})
+    result = train(
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        trainer={"callbacks": [ModelCheckpoint()], "limit_train_batches": 2},
+    )
+    assert list(Path(result.run_dir).glob("checkpoints/*.ckpt"))  # inside the run folder
+
+
+# -- interrupted training publishes nothing --------------------------------------------------
+def _stop_at_second_step(action):
+    import lightning as L
+
+    class Stop(L.Callback):
+        def on_train_batch_end(self, trainer, *args: object) -> None:
+            if trainer.global_step == 2:
+                action()
+
+    return Stop()
+
+
+def test_sigterm_while_training_raises_and_publishes_nothing(tmp_path: Path, idx_dir: Path):
+    """Lightning ends a fit on SIGTERM with SystemExit(None): a program would exit 0."""
+    import signal
+
+    from toolkit.errors import TerminatedError
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = _stop_at_second_step(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TerminatedError, match="no run folder was written"):
+        train(
+            data_dir=str(idx_dir),
+            max_epochs=100,
+            output_dir=str(tmp_path),
+            run_name="r",
+            trainer={"accelerator": "cpu", "devices": 1, "callbacks": [stop]},
+        )
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_ctrl_c_while_training_raises_keyboard_interrupt(tmp_path: Path, idx_dir: Path):
+    """Lightning turns Ctrl-C into sys.exit(1); train raises KeyboardInterrupt instead and
+    leaves the run it would have replaced as it was."""
+    import signal
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text("{}")
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            data_dir=str(idx_dir),
+            max_epochs=100,
+            output_dir=str(tmp_path),
+            run_name="r",
+            overwrite=True,
+            trainer={
+                "accelerator": "cpu",
+                "devices": 1,
+                "callbacks": [_stop_at_second_step(ctrl_c)],
+            },
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["run.json"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+def test_evaluate_refuses_model_options_with_a_checkpoint(run, idx_dir: Path) -> None:
+    ckpt = str(Path(run.run_dir) / "model.ckpt")
+    with pytest.raises(UsageError, match="apply to --weights only"):
+        evaluate(checkpoint=ckpt, model="cnn", data_dir=str(idx_dir))
+    with pytest.raises(UsageError, match="apply to --weights only"):
+        evaluate(checkpoint=ckpt, model_kwargs={"num_classes": 10}, data_dir=str(idx_dir))
+
+
+@pytest.mark.parametrize("accelerator", ["bogus", "tpu"])
+def test_evaluate_bad_accelerator_is_a_usage_error(run, idx_dir: Path, accelerator: str) -> None:
+    from toolkit.train import _trainer
+
+    with pytest.raises(UsageError, match="bad Trainer option"):
+        _trainer(None, 1, 0, {"accelerator": accelerator})
+    with pytest.raises(UsageError, match=f"bad --accelerator '{accelerator}'"):
+        evaluate(
+            checkpoint=str(Path(run.run_dir) / "model.ckpt"),
+            data_dir=str(idx_dir),
+            accelerator=accelerator,
+        )
+
+
+def test_evaluate_checks_the_network_against_the_data(tmp_path: Path, idx_dir: Path) -> None:
+    from toolkit.models import build_model
+
+    torch.save(build_model("mlp", num_features=100).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(UsageError, match=r"shape \(1, 10, 10\), but fashion-mnist"):
+        evaluate(
+            weights=str(tmp_path / "small.pt"),
+            model="mlp",
+            model_kwargs={"num_features": 100},
+            data_dir=str(idx_dir),
+        )

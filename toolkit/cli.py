@@ -3,6 +3,8 @@
 Every command is a typed, documented library function; ``--config file.yaml`` and
 ``--print_config`` work for each, as in LightningCLI. User errors print one line on stderr
 and exit non-zero (2 for usage, 1 for failed checks); ``--debug`` shows the traceback.
+Ctrl-C exits 130 (``toolkit: interrupted``) and SIGTERM 143 (``toolkit: terminated``),
+without publishing a half-made output.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.errors import TerminatedError, ToolkitError, UsageError
 
 #: command name → "module:function", imported when the parser is built.
 COMMANDS: dict[str, str] = {
@@ -27,6 +32,28 @@ COMMANDS: dict[str, str] = {
 }
 #: Trainer options that ``train`` sets itself or takes as its own arguments.
 _TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise TerminatedError("terminated")
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`TerminatedError` for the block, so that partial outputs are
+    cleaned up as for any error; the previous handler is restored after.
+
+    Lightning chains its own SIGTERM handler before this one while it trains.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _function(spec: str) -> Callable[..., Any]:
@@ -127,14 +154,20 @@ def _one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("TOOLKIT_DEBUG") == "1"
-    argv = _bool_flags([arg for arg in argv if arg != "--debug"])
-    if not debug:
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
+    """Run the CLI; returns the exit code (130 after Ctrl-C, 143 after SIGTERM)."""
+    with _sigterm_raises():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    debug = False
+    try:  # everything, argument handling included: Ctrl-C may come at any moment
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv or os.environ.get("TOOLKIT_DEBUG") == "1"
+        argv = _bool_flags([arg for arg in argv if arg != "--debug"])
+        if not debug:
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
         command = next((a for a in argv if a in COMMANDS), None)
         parser = build_parser(only=command)
         try:
@@ -146,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         _call(parser, cfg)
+    except TerminatedError as exc:
+        print("toolkit: terminated", file=sys.stderr)
+        return exc.exit_code
     except ToolkitError as exc:
         if debug:
             raise

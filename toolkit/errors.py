@@ -78,3 +78,10 @@ def first_line(exc: BaseException) -> str:
     error messages that quote what a library said."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+class TerminatedError(ToolkitError):
+    """The process got SIGTERM. The CLI prints ``toolkit: terminated`` and exits 143
+    (128 + SIGTERM, as a shell reports a process killed by it)."""
+
+    exit_code = 143

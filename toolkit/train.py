@@ -6,6 +6,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -18,8 +19,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from toolkit.atomic import (
     atomic_path,
@@ -29,8 +32,16 @@ from toolkit.atomic import (
     publish_dir,
     write_json,
 )
-from toolkit.data import DEFAULT_DATASET, MNISTDataModule
-from toolkit.errors import OutputExistsError, UsageError, first_line
+from toolkit.data import DEFAULT_DATASET, NUM_CLASSES, MNISTDataModule, load_split
+from toolkit.errors import (
+    CheckpointError,
+    MissingDependencyError,
+    OutputExistsError,
+    TerminatedError,
+    ToolkitError,
+    UsageError,
+    first_line,
+)
 from toolkit.models import build_model, input_shape_of
 from toolkit.module import LightningModel
 from toolkit.reload import RUN_INFO, load_lightning_model, load_network
@@ -38,6 +49,14 @@ from toolkit.reload import RUN_INFO, load_lightning_model, load_network
 #: File names inside a run folder.
 CHECKPOINT, WEIGHTS, SAFETENSORS = "model.ckpt", "model.pt", "model.safetensors"
 METRICS_CSV, EPOCHS_CSV = "metrics.csv", "epochs.csv"
+#: ``run.json`` ``files`` key → file name, for the files a run folder can hold.
+_FILES: dict[str, str] = {
+    "checkpoint": CHECKPOINT,
+    "state_dict": WEIGHTS,
+    "safetensors": SAFETENSORS,
+    "metrics": METRICS_CSV,
+    "epochs": EPOCHS_CSV,
+}
 _STAGING_ENV = "TOOLKIT_TRAIN_STAGING"
 #: Default Adam learning rates, measured on Fashion-MNIST over 10 epochs (test accuracy):
 #: mlp 0.001 → 0.8675, 0.002 → 0.8704, 0.003 → 0.8774, 0.005 → 0.8702 (the tutorial's
@@ -73,6 +92,104 @@ class TrainResult:
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"
         }
+
+
+def _check_run_name(run_name: str | None) -> None:
+    """A run name must be one plain, visible folder name inside the output folder."""
+    if run_name is None:
+        return
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    if (
+        run_name in ("", ".", "..")
+        or run_name.startswith(".")
+        or "\0" in run_name
+        or any(sep in run_name for sep in separators)
+    ):
+        raise UsageError(
+            f"--run_name must be a plain folder name (no '/', not empty, not starting with "
+            f"'.'), got {run_name!r}"
+        )
+
+
+def _check_numbers(num_workers: int, learning_rate: float) -> None:
+    if num_workers < 0:
+        raise UsageError(f"--num_workers must be 0 or more, got {num_workers}")
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise UsageError(f"--learning_rate must be a positive number, got {learning_rate}")
+
+
+def _train_split_size(data: MNISTDataModule) -> int:
+    """Samples in the training part of the train/val split (as ``data.setup`` makes it)."""
+    total = len(load_split("train", data.dataset, data.data_dir, data.download)[1])
+    return total - (data.val_size if data.val_size is not None else total // 12)
+
+
+def _check_batch_size(batch_size: int, samples: int, where: str = "the training split") -> None:
+    # The training loader drops the last incomplete batch, as in the tutorial.
+    if batch_size > samples:
+        raise UsageError(
+            f"--batch_size {batch_size} is larger than {where} ({samples} samples): "
+            f"no training step would run"
+        )
+
+
+def _sample_shape(data: MNISTDataModule) -> tuple[int, ...]:
+    """The shape of one sample as the data module serves it: (1, height, width)."""
+    images = load_split("test", data.dataset, data.data_dir, data.download)[0]
+    return (1, *(int(s) for s in images.shape[1:]))
+
+
+def _check_fits_data(
+    net: nn.Module,
+    name: str,
+    shape: tuple[int, ...],
+    dataset: str,
+    num_classes: int = NUM_CLASSES,
+    error: type[ToolkitError] = UsageError,
+) -> None:
+    """Raise ``error`` naming the mismatch unless ``net`` takes samples of ``shape`` and gives
+    ``num_classes`` scores per sample (checked with a forward pass of a zero batch of 2)."""
+    declared = input_shape_of(net)
+    if declared != tuple(shape):
+        raise error(
+            f"model {name} takes inputs of shape {declared}, but {dataset} samples have shape "
+            f"{tuple(shape)}; check --model_kwargs"
+        )
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(2, *shape))
+    except Exception as exc:  # shapes that do not chain inside the network
+        raise error(
+            f"model {name} cannot run on {dataset} samples of shape {tuple(shape)}: "
+            f"{first_line(exc)}; check --model_kwargs"
+        ) from None
+    finally:
+        net.train(was_training)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != (2, num_classes):
+        raise error(
+            f"model {name} gives outputs of shape {got} for a batch of 2, but {dataset} has "
+            f"{num_classes} classes (expected (2, {num_classes})); check --model_kwargs"
+        )
+
+
+@contextlib.contextmanager
+def _stops_as_errors(what: str) -> Iterator[None]:
+    """Lightning's ways of ending early, as the exceptions a caller can act on.
+
+    On SIGTERM Lightning's loops raise ``SIGTERMException``, a ``SystemExit`` with no code
+    (a program would exit 0); on Ctrl-C it calls ``sys.exit(1)``. They become
+    :class:`~toolkit.errors.TerminatedError` and ``KeyboardInterrupt``.
+    """
+    try:
+        yield
+    except SIGTERMException:
+        raise TerminatedError(f"terminated (SIGTERM); {what}") from None
+    except SystemExit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1)
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _resolve_run_dir(
@@ -166,12 +283,16 @@ def _trainer(
     own_bar = any(isinstance(c, ProgressBar) for c in callbacks)
     if own_bar and "enable_progress_bar" not in options:
         settings["enable_progress_bar"] = True  # the bar the user passed, even off a terminal
+    if any(isinstance(c, Checkpoint) for c in callbacks) and "enable_checkpointing" not in options:
+        settings["enable_checkpointing"] = True  # the user's ModelCheckpoint, in the run folder
     if settings["enable_progress_bar"] and not own_bar:
         # Lightning's default bar redraws and recomputes its metrics every step.
         settings["callbacks"] = [*callbacks, ThrottledProgressBar()]
     L.seed_everything(seed, verbose=False)
     try:
         return L.Trainer(**settings)
+    except ImportError as exc:  # e.g. accelerator="tpu" without torch_xla
+        raise MissingDependencyError(f"bad Trainer option: {first_line(exc)}") from None
     except (TypeError, ValueError, MisconfigurationException) as exc:
         raise UsageError(f"bad Trainer option: {first_line(exc)}") from None
 
@@ -212,13 +333,22 @@ def _versions() -> dict[str, str]:
 def _accuracies(
     trainer: L.Trainer, model: L.LightningModule, data: MNISTDataModule
 ) -> tuple[float, float, float]:
-    """Train, val and test accuracy with ``trainer.test``, as the tutorial measures them."""
+    """Train, val and test accuracy with ``trainer.test``, as the tutorial measures them.
+
+    Every sample counts: ``limit_test_batches`` (also set by ``fast_dev_run``) is lifted for
+    these passes, on every process, and restored after.
+    """
     data.setup("test")
     loaders = (data.train_eval_dataloader(), data.val_dataloader(), data.test_dataloader())
-    return tuple(
-        float(trainer.test(model, dataloaders=loader, verbose=False)[0]["accuracy"])
-        for loader in loaders
-    )  # type: ignore[return-value]
+    limit = trainer.limit_test_batches
+    trainer.limit_test_batches = 1.0
+    try:
+        return tuple(
+            float(trainer.test(model, dataloaders=loader, verbose=False)[0]["accuracy"])
+            for loader in loaders
+        )  # type: ignore[return-value]
+    finally:
+        trainer.limit_test_batches = limit
 
 
 def _save_weights(
@@ -348,10 +478,13 @@ def _train(
     trainer: dict[str, Any] | None,
     eval_batch_size: int,
 ) -> TrainResult:
+    # Everything that can be checked is checked before any output is created.
+    _check_run_name(run_name)
     model_kwargs = dict(model_kwargs or {})
-    build_model(model, **model_kwargs)  # fail fast on a bad name or kwargs
+    net = build_model(model, **model_kwargs)  # fail fast on a bad name or kwargs
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES.get(model, 0.001)
+    _check_numbers(num_workers, learning_rate)
     data = MNISTDataModule(
         data_dir,
         dataset,
@@ -361,9 +494,12 @@ def _train(
         eval_batch_size=eval_batch_size,
     )
     data.prepare_data()  # find the data before any output is created
+    _check_batch_size(batch_size, _train_split_size(data))
+    _check_fits_data(net, model, _sample_shape(data), dataset)
+    del net
     staged = os.environ.get(_STAGING_ENV)
     if staged:  # a DDP child process: the launching process chose the folders
-        staging, run_dir = (Path(p) for p in staged.split(os.pathsep))
+        staging, run_dir = (Path(p) for p in json.loads(staged))
     else:
         out = ensure_writable_dir(output_dir)
         clean_stale_partials(out)  # leftovers of killed runs; a rerun needs no cleanup
@@ -374,22 +510,24 @@ def _train(
             staging.mkdir()
         except OSError as exc:
             raise output_error(staging, exc) from None
-        os.environ[_STAGING_ENV] = f"{staging}{os.pathsep}{run_dir}"
+        # JSON, not os.pathsep: a ':' is fine in a folder name.
+        os.environ[_STAGING_ENV] = json.dumps([str(staging), str(run_dir)])
     try:
-        return _train_into(
-            staging,
-            run_dir,
-            model,
-            model_kwargs,
-            data,
-            dataset,
-            max_epochs,
-            learning_rate,
-            seed,
-            batch_size,
-            trainer,
-            overwrite,
-        )
+        with _stops_as_errors("no run folder was written"):
+            return _train_into(
+                staging,
+                run_dir,
+                model,
+                model_kwargs,
+                data,
+                dataset,
+                max_epochs,
+                learning_rate,
+                seed,
+                batch_size,
+                trainer,
+                overwrite,
+            )
     finally:
         if not staged:
             os.environ.pop(_STAGING_ENV, None)
@@ -411,6 +549,11 @@ def _train_into(
     overwrite: bool,
 ) -> TrainResult:
     pl_trainer = _trainer(staging, max_epochs, seed, trainer_options)
+    # With DDP each process trains on its share of the split.
+    samples = _train_split_size(data)
+    if pl_trainer.world_size > 1:
+        share = math.ceil(samples / pl_trainer.world_size)
+        _check_batch_size(batch_size, share, f"each of {pl_trainer.world_size} processes' share")
     lightning_model = LightningModel(
         network=model, network_kwargs=model_kwargs, learning_rate=learning_rate
     )
@@ -420,6 +563,10 @@ def _train_into(
         warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
         pl_trainer.fit(lightning_model, datamodule=data)
     fit_seconds = time.perf_counter() - start
+    if pl_trainer.received_sigterm:  # SIGTERM in the last step: fit ended without raising
+        raise TerminatedError("terminated (SIGTERM); no run folder was written")
+    if pl_trainer.interrupted:
+        raise KeyboardInterrupt
     # Every rank must call save_checkpoint (it synchronises); only rank 0 writes.
     partial_ckpt = staging / f".{CHECKPOINT}.partial"
     pl_trainer.save_checkpoint(partial_ckpt, weights_only=False)  # full, resumable
@@ -442,13 +589,7 @@ def _train_into(
         train_acc=train_acc,
         val_acc=val_acc,
         test_acc=test_acc,
-        files={
-            "checkpoint": CHECKPOINT,
-            "state_dict": WEIGHTS,
-            "safetensors": SAFETENSORS,
-            "metrics": METRICS_CSV,
-            "epochs": EPOCHS_CSV,
-        },
+        files={},  # filled in below with the files that were written
         versions=_versions(),
         model=lightning_model.model.cpu().eval(),
     )
@@ -456,6 +597,9 @@ def _train_into(
         return result
     _save_weights(lightning_model.model, staging, model, model_kwargs)
     _epoch_table(staging / METRICS_CSV, staging / EPOCHS_CSV)
+    # No metrics.csv without a CSV logger (a logger of the user's, logger=False) or when no
+    # step was logged (fast_dev_run, limit_train_batches=0, max_epochs=0).
+    result.files = {key: name for key, name in _FILES.items() if (staging / name).is_file()}
     write_json(staging / RUN_INFO, result.to_json())
     publish_dir(staging, run_dir, overwrite)
     return result
@@ -485,34 +629,56 @@ def evaluate(
 
     Give either ``checkpoint`` (a ``.ckpt``, loaded with ``load_from_checkpoint``) or
     ``weights`` (a state_dict ``.pt`` or ``.safetensors``; ``model`` names the network when
-    the file does not record it). ``batch_size`` is the evaluation batch; it changes no
-    accuracy, and 1000 takes far fewer Lightning steps than the tutorial's 64.
+    the file does not record it; ``model_kwargs`` override the kwargs it records).
+    ``batch_size`` is the evaluation batch; it changes no accuracy, and 1000 takes far fewer
+    Lightning steps than the tutorial's 64. The network must take the data set's samples
+    and give one score per class.
 
     Returns:
         ``{"train_acc": ..., "val_acc": ..., "test_acc": ...}``.
     """
     if (checkpoint is None) == (weights is None):
         raise UsageError("give exactly one of --checkpoint PATH or --weights PATH")
+    if checkpoint is not None and (model is not None or model_kwargs):
+        raise UsageError(
+            "--model and --model_kwargs apply to --weights only; a checkpoint records its "
+            "network (pass --weights PATH to rebuild it differently)"
+        )
     if checkpoint is not None:
         lightning_model = load_lightning_model(checkpoint, trust_pickled_file=trust_pickled_file)
         source = Path(checkpoint)
+        name = str(lightning_model.hparams.get("network") or type(lightning_model.model).__name__)
     else:
         net = load_network(weights, model, model_kwargs, trust_pickled_file)  # type: ignore[arg-type]
         lightning_model = LightningModel(model=net)
         source = Path(weights)  # type: ignore[arg-type]
+        name = model or type(net).__name__
     if dataset is None:
         dataset = _run_info(source).get("dataset", DEFAULT_DATASET)
     data = MNISTDataModule(data_dir, dataset, batch_size, seed)
     data.prepare_data()
-    pl_trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    train_acc, val_acc, test_acc = _accuracies(pl_trainer, lightning_model, data)
+    # Kwargs the user gave are a wrong call; a file's own network that does not fit is the
+    # file's fault.
+    error = UsageError if model_kwargs else CheckpointError
+    _check_fits_data(lightning_model.model, name, _sample_shape(data), dataset, error=error)
+    # Built last: the Trainer prints its device lines, which belong to no error.
+    try:
+        pl_trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_progress_bar=sys.stderr.isatty(),
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+    except ImportError as exc:  # e.g. "tpu" without torch_xla
+        raise MissingDependencyError(
+            f"bad --accelerator {accelerator!r}: {first_line(exc)}"
+        ) from None
+    except (TypeError, ValueError, RuntimeError, MisconfigurationException) as exc:
+        raise UsageError(f"bad --accelerator {accelerator!r}: {first_line(exc)}") from None
+    with _stops_as_errors("no accuracy was measured"):
+        train_acc, val_acc, test_acc = _accuracies(pl_trainer, lightning_model, data)
     print(format_accuracies(train_acc, val_acc, test_acc))
     return {"train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc}
 
