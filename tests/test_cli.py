@@ -45,9 +45,9 @@ def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "transfer_batch_to_device" not in proc.stderr  # toolkit's own hook: no warning
     info = json.loads((tmp_path / "cli" / "run.json").read_text())
-    proc = run_cli(
-        "evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"), "--data_dir", str(idx_dir)
-    )
+    assert info["data_dir"] == str(idx_dir.resolve())
+    # without --data_dir, evaluate scores the data the run was trained on (run.json)
+    proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"))
     assert proc.returncode == 0, proc.stderr
     assert f"Test Acc {info['test_acc'] * 100:.2f}%" in proc.stdout.splitlines()[-1]
     bogus = ["--accelerator", "bogus", "--data_dir", str(idx_dir)]

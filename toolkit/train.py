@@ -84,6 +84,8 @@ class TrainResult:
     test_acc: float
     files: dict[str, str]
     versions: dict[str, str]
+    #: The ``--data_dir`` the run was trained from (resolved), None for the default lookup.
+    data_dir: str | None = None
     #: The trained network (CPU, eval mode); not part of the JSON.
     model: torch.nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -591,6 +593,7 @@ def _train_into(
         test_acc=test_acc,
         files={},  # filled in below with the files that were written
         versions=_versions(),
+        data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else None,
         model=lightning_model.model.cpu().eval(),
     )
     if not pl_trainer.is_global_zero:
@@ -632,7 +635,8 @@ def evaluate(
     the file does not record it; ``model_kwargs`` override the kwargs it records).
     ``batch_size`` is the evaluation batch; it changes no accuracy, and 1000 takes far fewer
     Lightning steps than the tutorial's 64. The network must take the data set's samples
-    and give one score per class.
+    and give one score per class. Without ``dataset`` and ``data_dir``, the data set and
+    data folder recorded in the run folder's ``run.json`` are used, if there is one.
 
     Returns:
         ``{"train_acc": ..., "val_acc": ..., "test_acc": ...}``.
@@ -653,8 +657,11 @@ def evaluate(
         lightning_model = LightningModel(model=net)
         source = Path(weights)  # type: ignore[arg-type]
         name = model or type(net).__name__
+    info = _run_info(source)
+    if dataset is None and data_dir is None:  # the data the run was trained on
+        data_dir = info.get("data_dir")
     if dataset is None:
-        dataset = _run_info(source).get("dataset", DEFAULT_DATASET)
+        dataset = info.get("dataset", DEFAULT_DATASET)
     data = MNISTDataModule(data_dir, dataset, batch_size, seed)
     data.prepare_data()
     # Kwargs the user gave are a wrong call; a file's own network that does not fit is the
