@@ -531,6 +531,13 @@ def test_bench_command_checks_its_options_before_timing(
         B.bench_command(**quick, compare=str(other))
 
 
+def test_bench_command_takes_batch_sizes_with_commas(trained_run: Path, tmp_path: Path) -> None:
+    quick = {**_quick(trained_run, tmp_path), "batch_sizes": "1, 2"}
+    assert {row.batch for row in B.bench_command(**quick).rows} == {1, 2}
+    with pytest.raises(UsageError, match="whole numbers"):
+        B.bench_command(**{**quick, "batch_sizes": "1,x"})
+
+
 def test_bench_command_takes_model_for_a_lone_state_dict(trained_run: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -1324,6 +1324,15 @@ def compare_reports(old: BenchReport, new: BenchReport, threshold: float = 0.10)
 
 
 # -- the CLI verb --------------------------------------------------------------------------
+def _split_ints(values: Sequence[int] | str, option: str) -> list[int]:
+    """``[1, 8]`` or ``"1,8"`` as a list of ints; a :class:`UsageError` otherwise."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    try:
+        return [int(str(v).strip()) for v in items if str(v).strip()]
+    except ValueError:
+        raise UsageError(f"--{option} takes whole numbers, e.g. 1,8,64; got {values!r}") from None
+
+
 def _split_names(runtimes: Sequence[str] | str) -> list[str] | None:
     items = runtimes.split(",") if isinstance(runtimes, str) else list(runtimes)
     names = [str(n).strip() for n in items if str(n).strip()]
@@ -1362,7 +1371,7 @@ def bench_command(
     exports: str | None = None,
     runtimes: list[str] | str = "all",
     device: str = "cpu",
-    batch_sizes: list[int] = list(DEFAULT_BATCH_SIZES),  # noqa: B006  (jsonargparse default)
+    batch_sizes: list[int] | str = list(DEFAULT_BATCH_SIZES),  # noqa: B006  (jsonargparse default)
     threads: int | None = None,
     min_calls: int = 200,
     min_time: float = 1.0,
@@ -1391,7 +1400,7 @@ def bench_command(
         exports: Folder of exported artifacts (default ``exports/<run>``).
         runtimes: Runtime or format names to run (default all); eager always runs.
         device: ``cpu``, ``cuda`` or ``cpu,cuda``.
-        batch_sizes: Batch sizes to sweep.
+        batch_sizes: Batch sizes to sweep: ``[1,8]`` or ``1,8``.
         threads: Intra-op threads for every runtime (default: every usable core).
         min_calls: Timed calls per (runtime, device, batch), at least.
         min_time: Timed seconds per (runtime, device, batch), at least.
@@ -1421,6 +1430,7 @@ def bench_command(
     from toolkit.reload import load_network
 
     ckpt = Path(checkpoint)
+    batch_sizes = _split_ints(batch_sizes, "batch_sizes")
     protocol = TimingProtocol(
         warmup_calls=warmup_calls,
         warmup_time=warmup_time,
