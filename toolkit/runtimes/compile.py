@@ -55,6 +55,7 @@ class TorchCompileRunner(Runner):
             self.compiles += 1
             return inductor(graph, example_inputs)
 
+        _import_cpp_extension_quietly()
         self.compiled = torch.compile(
             self.module, backend=counting_backend, dynamic=self.options.get("dynamic")
         )
@@ -79,3 +80,21 @@ class TorchCompileRunner(Runner):
                 "warm-up; warm up at every timed shape (prepare() does this)"
             )
         return out
+
+
+def _import_cpp_extension_quietly() -> None:
+    """Import ``torch.utils.cpp_extension`` (inductor does, at its first compile) without its
+    import-time warning "No CUDA runtime is found, using CUDA_HOME=...": it is logged on
+    every CPU-only machine that has a CUDA folder, and says nothing a CPU user can act on."""
+    import logging
+    import sys
+
+    if "torch.utils.cpp_extension" in sys.modules:
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
