@@ -60,7 +60,8 @@ _FILES: dict[str, str] = {
 _STAGING_ENV = "TOOLKIT_TRAIN_STAGING"
 #: Default Adam learning rates, measured on Fashion-MNIST over 10 epochs (test accuracy):
 #: mlp 0.001 → 0.8675, 0.002 → 0.8704, 0.003 → 0.8774, 0.005 → 0.8702 (the tutorial's
-#: 0.05 → 0.787); cnn 0.001 → 0.9097. Other models use 0.001.
+#: 0.05 → 0.787); cnn 0.001 → 0.9097. Other models use 0.001. Measured on the slower CPU of
+#: earlier days; on the 2026-11-29 CPU mlp 0.003 gives 0.8766 (matmul kernels differ per CPU).
 DEFAULT_LEARNING_RATES: dict[str, float] = {"mlp": 0.003, "cnn": 0.001}
 
 
