@@ -439,31 +439,6 @@ def test_outputs_are_written_atomically(mlp: torch.nn.Module, tmp_path: Path, mo
     assert not list(folder.glob(".*partial"))
 
 
-def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: Path) -> None:
-    common = {
-        "checkpoint": str(trained_run / "model.ckpt"),
-        "exports": str(tmp_path / "no-exports"),
-        "runtimes": "eager",
-        "batch_sizes": [1],
-        "threads": 1,
-        "min_calls": 30,
-        "min_time": 0.02,
-        "rounds": 2,
-    }
-    first = B.bench_command(**common, output_dir=str(tmp_path / "a"))
-    old = first.to_json()
-    for row in old["rows"]:  # pretend the old run was ten times faster
-        for key in ("p50_us", "quantiles_us", "round_p50s_us"):
-            row[key] = np.divide(row[key], 10).tolist()
-    old_path = tmp_path / "old.json"
-    old_path.write_text(json.dumps(old))
-    with pytest.raises(CheckFailedError, match="regressed"):
-        B.bench_command(**common, output_dir=str(tmp_path / "b"), compare=str(old_path))
-    assert (tmp_path / "b" / "bench.json").is_file()  # written before failing
-    same = B.BenchReport.load(tmp_path / "a" / "bench.json")
-    assert {c.status for c in B.compare_reports(same, same)} == {"unchanged"}
-
-
 def _quick(trained_run: Path, tmp_path: Path) -> dict[str, Any]:
     return {
         "checkpoint": str(trained_run / "model.ckpt"),
@@ -509,6 +484,22 @@ def test_bench_uses_verify_report_only_while_it_describes_the_artifacts(
     assert sources(report)["onnxruntime (onnx)"] == "quick-check"
     assert sources(report)["torchscript"] == "parity.json"
     assert report.row("onnxruntime", "cpu", 1, "onnx").parity == "FAIL"  # other weights
+
+
+def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: Path) -> None:
+    common = {**_quick(trained_run, tmp_path), "min_calls": 30, "min_time": 0.02, "rounds": 2}
+    first = B.bench_command(**{**common, "output_dir": str(tmp_path / "a")})
+    old = first.to_json()
+    for row in old["rows"]:  # pretend the old run was ten times faster
+        for key in ("p50_us", "quantiles_us", "round_p50s_us"):
+            row[key] = np.divide(row[key], 10).tolist()
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(old))
+    with pytest.raises(CheckFailedError, match="regressed"):
+        B.bench_command(**{**common, "output_dir": str(tmp_path / "b")}, compare=str(old_path))
+    assert (tmp_path / "b" / "bench.json").is_file()  # written before failing
+    same = B.BenchReport.load(tmp_path / "a" / "bench.json")
+    assert {c.status for c in B.compare_reports(same, same)} == {"unchanged"}
 
 
 def test_bench_command_checks_its_options_before_timing(

@@ -26,22 +26,25 @@ def assert_one_line_error(proc, code: int, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
-def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
-    proc = run_cli(
+def _train_args(idx_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
         "train",
         "--data_dir",
         str(idx_dir),
         "--max_epochs",
         "1",
         "--output_dir",
-        str(tmp_path),
-        "--run_name",
-        "cli",
+        str(out),
         "--trainer.accelerator",
         "cpu",
         "--trainer.limit_val_batches",
         "1",
-    )
+        *extra,
+    ]
+
+
+def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
+    proc = run_cli(*_train_args(idx_dir, tmp_path, "--run_name", "cli"))
     assert proc.returncode == 0, proc.stderr
     assert "transfer_batch_to_device" not in proc.stderr  # toolkit's own hook: no warning
     info = json.loads((tmp_path / "cli" / "run.json").read_text())
@@ -62,23 +65,6 @@ def test_config_file_and_print_config(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "model: cnn" in proc.stdout and "max_epochs: 3" in proc.stdout
     assert "precision: bf16-mixed" in proc.stdout
-
-
-def _train_args(idx_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data_dir",
-        str(idx_dir),
-        "--max_epochs",
-        "1",
-        "--output_dir",
-        str(out),
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.limit_val_batches",
-        "1",
-        *extra,
-    ]
 
 
 def test_trainer_callback_from_the_command_line(tmp_path: Path, idx_dir: Path) -> None:
@@ -102,27 +88,8 @@ def test_trainer_callback_from_the_command_line(tmp_path: Path, idx_dir: Path) -
 def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:
     """The launching process hands the folders to the others; a ':' in them once broke it."""
     out = tmp_path / "out:1"
-    proc = run_cli(
-        "train",
-        "--data_dir",
-        str(idx_dir),
-        "--max_epochs",
-        "1",
-        "--output_dir",
-        str(out),
-        "--run_name",
-        "ddp:1",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.limit_train_batches",
-        "3",
-        "--trainer.limit_val_batches",
-        "1",
-    )
+    ddp = ["--run_name", "ddp:1", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    proc = run_cli(*_train_args(idx_dir, out, *ddp, "--trainer.limit_train_batches", "3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
