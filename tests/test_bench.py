@@ -369,6 +369,12 @@ def test_discover_runtimes_reports_incomplete_folders_and_takes_one_artifact_fol
     assert "torchscript" not in {s.runtime for s in specs}
     assert [(s.runtime, s.format) for s in skipped] == [("torchscript", "torchscript")]
     assert "no manifest.json" in skipped[0].reason
+    _, skipped = B.discover_runtimes(mlp, exports, ["onnx-fp16"])  # a format not exported
+    assert [(s.runtime, s.reason) for s in skipped if s.runtime == "onnx-fp16"] == [
+        ("onnx-fp16", f"no onnx-fp16 artifact in {exports}")
+    ]
+    with pytest.raises(UsageError, match=r"unknown runtime or format 'onx'.*formats: .*onnx"):
+        B.discover_runtimes(mlp, exports, ["onx"])
     specs, skipped = B.discover_runtimes(mlp, exports / "onnx")  # one format's folder
     assert {(s.runtime, s.format) for s in specs if s.format} == {
         ("onnxruntime", "onnx"),

@@ -609,9 +609,13 @@ def discover_runtimes(
         known = {s.runtime for s in specs} | {s.format for s in specs} | {"eager"}
         known |= {s.runtime for s in skipped}
         for name in sorted(wanted - known):
+            if name in FORMATS.names():  # a format that was not exported (or not found)
+                skipped.append(Skipped(name, "*", f"no {name} artifact in {exports}", name))
+                continue
             if name not in RUNTIMES:
                 raise UsageError(
-                    f"unknown runtime '{name}'; available: {', '.join(RUNTIMES.names())}"
+                    f"unknown runtime or format '{name}'; runtimes: "
+                    f"{', '.join(RUNTIMES.names())}; formats: {', '.join(FORMATS.names())}"
                 )
             skipped.append(Skipped(name, "*", f"no artifact in {exports} runs on '{name}'"))
     return specs, skipped
