@@ -19,8 +19,10 @@ from typing import Any
 from toolkit.errors import OutputError, OutputExistsError
 
 
-def _partial_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+def leftover_name(path: Path, kind: str = "partial") -> Path:
+    """``.<name>.<pid>.<kind>`` beside ``path``: the hidden name of an output being written
+    (``partial``) or replaced (``old``), which :func:`clean_stale_partials` recognises."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
 
 
 def output_error(path: Path, exc: OSError) -> OutputError:
@@ -64,7 +66,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """
     path = check_new(path, overwrite)
     ensure_writable_dir(path.parent)
-    tmp = _partial_name(path)
+    tmp = leftover_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -125,13 +127,13 @@ def clean_stale_partials(folder: str | Path) -> list[Path]:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:  # no folder, or not readable: nothing to tidy
         return touched
-    leftover_name = re.compile(r"\.([^.].*)\.([1-9][0-9]{0,9})\.(partial|old)", re.DOTALL)
+    pattern = re.compile(r"\.([^.].*)\.([1-9][0-9]{0,9})\.(partial|old)", re.DOTALL)
     try:
         pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     except (OSError, ValueError):
         pid_max = 4_194_304  # the largest pid_max Linux allows
     for entry in entries:
-        match = leftover_name.fullmatch(entry.name)
+        match = pattern.fullmatch(entry.name)
         if match is None:
             continue
         stem, pid_text, kind = match.groups()
@@ -151,10 +153,6 @@ def clean_stale_partials(folder: str | Path) -> list[Path]:
         if not os.path.lexists(leftover):
             touched.append(leftover)
     return touched
-
-
-def _old_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.old")
 
 
 def publish_dir(staging: Path, final: Path, overwrite: bool) -> None:
@@ -186,7 +184,7 @@ def publish_dirs(moves: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
     try:
         for _, final in moves:
             if os.path.lexists(final):  # a dangling symlink too
-                old = _old_name(final)
+                old = leftover_name(final, "old")
                 os.rename(final, old)
                 aside.append((final, old))
         for staging, final in moves:

@@ -31,6 +31,7 @@ from toolkit.atomic import (
     check_new,
     clean_stale_partials,
     ensure_writable_dir,
+    leftover_name,
     output_error,
     publish_dirs,
 )
@@ -309,10 +310,6 @@ def prepare_for_export(
 
 
 # -- atomic per-format folders -------------------------------------------------------------
-def _staging(final: Path, tag: str = "partial") -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}.{tag}")
-
-
 def stage_one(
     name: str,
     module: nn.Module,
@@ -332,7 +329,7 @@ def stage_one(
         OutputError: the staging folder cannot be written.
     """
     fmt = FORMATS.get(name)()
-    staging = _staging(out_dir / name)
+    staging = leftover_name(out_dir / name)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()

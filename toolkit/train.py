@@ -28,6 +28,7 @@ from toolkit.atomic import (
     atomic_path,
     clean_stale_partials,
     ensure_writable_dir,
+    leftover_name,
     output_error,
     publish_dir,
     write_json,
@@ -507,7 +508,7 @@ def _train(
         out = ensure_writable_dir(output_dir)
         clean_stale_partials(out)  # leftovers of killed runs; a rerun needs no cleanup
         run_dir = _resolve_run_dir(out, run_name, f"{model}-{dataset}", overwrite)
-        staging = out / f".{run_dir.name}.{os.getpid()}.partial"
+        staging = leftover_name(out / run_dir.name)
         shutil.rmtree(staging, ignore_errors=True)
         try:
             staging.mkdir()
