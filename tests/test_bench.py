@@ -570,6 +570,9 @@ def test_bench_on_cuda_alone_without_a_gpu_keeps_earlier_reports(
     report = B.bench_command(**quick, device="cuda")
     assert report.rows == [] and any(s.device == "cuda" for s in report.skipped)
     assert (tmp_path / "out" / "bench.json").read_bytes() == before
+    # Nothing measured: a new output folder is not even created.
+    B.bench_command(**{**quick, "output_dir": str(tmp_path / "new" / "out")}, device="cuda")
+    assert not (tmp_path / "new").exists()
 
 
 # -- CLI -----------------------------------------------------------------------------------

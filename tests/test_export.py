@@ -320,6 +320,16 @@ def test_failed_overwrite_keeps_the_old_artifact(tmp_path: Path, monkeypatch) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["torchscript"]
 
 
+def test_failed_export_removes_the_folders_it_created(tmp_path: Path, monkeypatch) -> None:
+    def broken(self, model, example_input, out_dir, **options):
+        raise ExportError("exporter crashed")
+
+    monkeypatch.setattr(FORMATS.get("torchscript"), "export", broken)
+    with pytest.raises(ExportError, match="crashed"):
+        export_model(build_model("mlp"), None, "torchscript", tmp_path / "new" / "exports")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_killed_export_leaves_no_partial_folder(tmp_path: Path) -> None:
     model = build_model("mlp")
     export_model(model, None, "torchscript", tmp_path)
@@ -377,7 +387,7 @@ def test_failed_format_leaves_every_output_as_it_was(two_exports: Path, monkeypa
     fresh = two_exports.parent / "fresh"
     with pytest.raises(ExportError, match="crashed"):
         export_model(model, None, ["torchscript", "onnx"], fresh)
-    assert list(fresh.iterdir()) == [], "a format was published although another failed"
+    assert not fresh.exists(), "a format was published although another failed"
 
 
 def test_failed_publish_puts_every_output_back(two_exports: Path, monkeypatch) -> None:

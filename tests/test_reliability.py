@@ -186,6 +186,41 @@ def test_output_path_under_a_file(tmp_path: Path, idx_dir: Path) -> None:
     assert_one_line_error(proc, 1, "cannot write")
 
 
+def test_writable_dir_removes_only_the_empty_folders_it_made(tmp_path: Path) -> None:
+    from toolkit.atomic import writable_dir
+
+    with pytest.raises(RuntimeError), writable_dir(tmp_path / "a" / "b" / "c"):
+        raise RuntimeError("late failure")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    with pytest.raises(RuntimeError), writable_dir(tmp_path / "a" / "b") as folder:
+        (folder.parent / "kept").write_text("x")  # something else wrote beside it
+        raise RuntimeError("late failure")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["kept"]
+    with writable_dir(tmp_path / "a" / "b") as folder:
+        pass  # success keeps the folder
+    assert folder.is_dir()
+
+
+def test_check_writable_dir_creates_nothing(tmp_path: Path) -> None:
+    from toolkit.atomic import check_writable_dir
+
+    assert check_writable_dir(tmp_path / "x" / "y") == tmp_path / "x" / "y"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is not a folder"):
+        check_writable_dir(tmp_path / "file" / "y")
+
+
+def test_late_training_error_leaves_no_new_output_folder(tmp_path: Path, idx_dir: Path) -> None:
+    proc = run_cli(
+        "train", "--data_dir", str(idx_dir), "--output_dir", str(tmp_path / "new" / "runs"),
+        "--trainer.accelerator", "tpu",
+    )  # fmt: skip
+    assert_one_line_error(proc, 2, "bad Trainer option")
+    assert not (tmp_path / "new").exists()
+
+
 def test_disk_full_while_writing_weights(
     tmp_path: Path, idx_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -100,6 +100,22 @@ def test_state_dict_without_sidecar_needs_a_name(run, tmp_path: Path, probe) -> 
         assert torch.equal(load_network(bare, network="mlp")(probe), run.model(probe))
 
 
+def test_a_lightning_models_own_state_dict_loads_as_the_network(
+    run, tmp_path: Path, probe: torch.Tensor
+) -> None:
+    lightning_model = load_lightning_model(Path(run.run_dir) / "model.ckpt")
+    torch.save(lightning_model.state_dict(), tmp_path / "lightning.pt")  # keys "model.*"
+    with torch.no_grad():
+        reloaded = load_network(tmp_path / "lightning.pt", network="mlp")(probe)
+        assert torch.equal(reloaded, run.model(probe))
+    # Keys that do not fit with or without the prefix are still named as they are.
+    state = {f"model.{k}": v for k, v in lightning_model.model.state_dict().items()}
+    state["model.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected keys: model\.all_layers"):
+        load_network(tmp_path / "bad.pt", network="mlp")
+
+
 def test_mismatched_state_dict_names_keys(run, tmp_path: Path) -> None:
     state = torch.load(Path(run.run_dir) / "model.pt", weights_only=True)
     state["extra.weight"] = torch.zeros(1)
@@ -333,6 +349,22 @@ def test_batch_size_of_the_whole_split_still_trains(tmp_path: Path, idx_dir: Pat
         trainer={"logger": False, "limit_val_batches": 1},
     )
     assert result.epochs_run == 1
+
+
+@pytest.mark.parametrize(("max_steps", "epochs", "steps"), [(5, 0, 5), (6, 1, 6), (13, 2, 13)])
+def test_epochs_run_counts_whole_epochs_only(
+    tmp_path: Path, idx_dir: Path, max_steps: int, epochs: int, steps: int
+) -> None:
+    # 440 training samples in batches of 64: 6 steps per epoch.
+    result = train(
+        data_dir=str(idx_dir),
+        max_epochs=3,
+        output_dir=str(tmp_path),
+        trainer={"logger": False, "limit_val_batches": 1, "max_steps": max_steps},
+    )
+    assert (result.epochs_run, result.steps_run) == (epochs, steps)
+    info = json.loads((Path(result.run_dir) / "run.json").read_text())
+    assert (info["epochs_run"], info["steps_run"]) == (epochs, steps)
 
 
 def test_clean_stale_partials_parses_names_strictly(tmp_path: Path) -> None:

@@ -50,6 +50,46 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def writable_dir(folder: str | Path) -> Iterator[Path]:
+    """:func:`ensure_writable_dir` for a block of work that fills ``folder``.
+
+    If the block fails, the folders this call created are removed again while they are
+    empty, so a failed command leaves no empty output folders behind.
+    """
+    folder = Path(folder)
+    created = []
+    missing = folder.absolute()
+    while not os.path.lexists(missing):
+        created.append(missing)  # deepest first
+        missing = missing.parent
+    try:
+        yield ensure_writable_dir(folder)
+    except BaseException:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:
+                break  # not empty (something else wrote there) or already gone
+        raise
+
+
+def check_writable_dir(folder: str | Path) -> Path:
+    """Check that ``folder`` could be written, creating nothing.
+
+    An existing folder gets the write probe of :func:`ensure_writable_dir`; a missing one
+    is checked in the nearest existing folder above it, where it would be created.
+    """
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {folder}: {existing} is not a folder")
+    ensure_writable_dir(existing)
+    return folder
+
+
 def check_new(path: str | Path, overwrite: bool) -> Path:
     """Raise if ``path`` exists (a dangling symlink too) and ``overwrite`` is False."""
     path = Path(path)

@@ -1428,7 +1428,7 @@ def bench_command(
     Raises:
         CheckFailedError: ``compare`` found a regression (after the reports are written).
     """
-    from toolkit.atomic import ensure_writable_dir
+    from toolkit.atomic import check_writable_dir
     from toolkit.bench_report import print_changes, print_report
     from toolkit.models import input_shape_of
     from toolkit.reload import load_network
@@ -1458,7 +1458,7 @@ def bench_command(
     exports_dir = Path(exports) if exports else default_exports_dir(ckpt)
     out_dir = Path(output_dir) if output_dir else exports_dir
     user_inputs = read_input_file(inputs, shape) if inputs else None
-    ensure_writable_dir(out_dir)  # fail before minutes of timing, not after
+    check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
     specs, skipped = discover_runtimes(network, exports_dir, _split_names(runtimes))
     parity_path = exports_dir / PARITY_JSON
 

@@ -30,10 +30,10 @@ from torch import nn
 from toolkit.atomic import (
     check_new,
     clean_stale_partials,
-    ensure_writable_dir,
     leftover_name,
     output_error,
     publish_dirs,
+    writable_dir,
 )
 from toolkit.errors import ExportError, UnknownNameError, UsageError
 from toolkit.formats import FORMATS
@@ -435,18 +435,19 @@ def export_model(
     """
     names = resolve_formats(formats)
     check_format_options(names, format_options)
-    out_dir = ensure_writable_dir(out_dir)
     for name in names:  # refuse before any work
-        check_new(out_dir / name, overwrite)
-    module, example = prepare_for_export(model, example_input)
-    clean_stale_partials(out_dir)
-    provenance = {
-        "network": network,
-        "network_kwargs": dict(network_kwargs or {}),
-        "source_checkpoint": str(source_checkpoint) if source_checkpoint else None,
-        "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
-    }
-    return _export_all(names, module, example, out_dir, overwrite, provenance, format_options)
+        check_new(Path(out_dir) / name, overwrite)
+    # A folder made here is removed again if the export fails.
+    with writable_dir(out_dir) as out_dir:
+        module, example = prepare_for_export(model, example_input)
+        clean_stale_partials(out_dir)
+        provenance = {
+            "network": network,
+            "network_kwargs": dict(network_kwargs or {}),
+            "source_checkpoint": str(source_checkpoint) if source_checkpoint else None,
+            "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
+        }
+        return _export_all(names, module, example, out_dir, overwrite, provenance, format_options)
 
 
 def export_command(

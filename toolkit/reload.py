@@ -185,9 +185,24 @@ def network_from_weights(
         raise UsageError(f"{source} does not record its network; pass --model NAME (e.g. mlp)")
     kwargs = {**(saved_kwargs if saved_name in (None, name) else {}), **(network_kwargs or {})}
     model = build_model(name, **kwargs)
+    state_dict = _network_keys(model, state_dict)
     check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict)
     return model.eval()
+
+
+def _network_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The network's part of a LightningModel's own ``state_dict()`` (keys ``model.*``).
+
+    ``torch.save(lightning_model.state_dict(), PATH)`` is an easy mistake next to the
+    tutorial's ``torch.save(pytorch_model.state_dict(), PATH)``. The prefix is dropped only
+    when the keys do not fit as they are and, without it, fit exactly.
+    """
+    expected = model.state_dict().keys()
+    if set(state_dict) == set(expected) or not state_dict:
+        return state_dict
+    stripped = _strip_prefix(state_dict)
+    return stripped if set(stripped) == set(expected) else state_dict
 
 
 def load_lightning_model(

@@ -27,10 +27,10 @@ from torch import nn
 from toolkit.atomic import (
     atomic_path,
     clean_stale_partials,
-    ensure_writable_dir,
     leftover_name,
     output_error,
     publish_dir,
+    writable_dir,
     write_json,
 )
 from toolkit.data import DEFAULT_DATASET, NUM_CLASSES, MNISTDataModule, load_split
@@ -79,6 +79,7 @@ class TrainResult:
     batch_size: int
     seed: int
     max_epochs: int
+    #: Whole training epochs run; an epoch cut short (``max_steps``, a callback) is not one.
     epochs_run: int
     fit_seconds: float
     train_acc: float
@@ -88,6 +89,8 @@ class TrainResult:
     versions: dict[str, str]
     #: The ``--data_dir`` the run was trained from (resolved), None for the default lookup.
     data_dir: str | None = None
+    #: Optimizer steps taken (Lightning's ``global_step``).
+    steps_run: int = 0
     #: The trained network (CPU, eval mode); not part of the JSON.
     model: torch.nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -502,40 +505,42 @@ def _train(
     _check_fits_data(net, model, _sample_shape(data), dataset)
     del net
     staged = os.environ.get(_STAGING_ENV)
-    if staged:  # a DDP child process: the launching process chose the folders
-        staging, run_dir = (Path(p) for p in json.loads(staged))
-    else:
-        out = ensure_writable_dir(output_dir)
-        clean_stale_partials(out)  # leftovers of killed runs; a rerun needs no cleanup
-        run_dir = _resolve_run_dir(out, run_name, f"{model}-{dataset}", overwrite)
-        staging = leftover_name(out / run_dir.name)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.mkdir()
-        except OSError as exc:
-            raise output_error(staging, exc) from None
-        # JSON, not os.pathsep: a ':' is fine in a folder name.
-        os.environ[_STAGING_ENV] = json.dumps([str(staging), str(run_dir)])
-    try:
-        with _stops_as_errors("no run folder was written"):
-            return _train_into(
-                staging,
-                run_dir,
-                model,
-                model_kwargs,
-                data,
-                dataset,
-                max_epochs,
-                learning_rate,
-                seed,
-                batch_size,
-                trainer,
-                overwrite,
-            )
-    finally:
-        if not staged:
-            os.environ.pop(_STAGING_ENV, None)
+    with contextlib.ExitStack() as outputs:
+        if staged:  # a DDP child process: the launching process chose the folders
+            staging, run_dir = (Path(p) for p in json.loads(staged))
+        else:
+            # A folder made here is removed again if the run fails before publishing.
+            out = outputs.enter_context(writable_dir(output_dir))
+            clean_stale_partials(out)  # leftovers of killed runs; a rerun needs no cleanup
+            run_dir = _resolve_run_dir(out, run_name, f"{model}-{dataset}", overwrite)
+            staging = leftover_name(out / run_dir.name)
             shutil.rmtree(staging, ignore_errors=True)
+            try:
+                staging.mkdir()
+            except OSError as exc:
+                raise output_error(staging, exc) from None
+            # JSON, not os.pathsep: a ':' is fine in a folder name.
+            os.environ[_STAGING_ENV] = json.dumps([str(staging), str(run_dir)])
+        try:
+            with _stops_as_errors("no run folder was written"):
+                return _train_into(
+                    staging,
+                    run_dir,
+                    model,
+                    model_kwargs,
+                    data,
+                    dataset,
+                    max_epochs,
+                    learning_rate,
+                    seed,
+                    batch_size,
+                    trainer,
+                    overwrite,
+                )
+        finally:
+            if not staged:
+                os.environ.pop(_STAGING_ENV, None)
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _train_into(
@@ -588,7 +593,7 @@ def _train_into(
         batch_size=batch_size,
         seed=seed,
         max_epochs=max_epochs,
-        epochs_run=int(pl_trainer.current_epoch),
+        epochs_run=_whole_epochs(pl_trainer),
         fit_seconds=round(fit_seconds, 3),
         train_acc=train_acc,
         val_acc=val_acc,
@@ -596,6 +601,7 @@ def _train_into(
         files={},  # filled in below with the files that were written
         versions=_versions(),
         data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else None,
+        steps_run=int(pl_trainer.global_step),
         model=lightning_model.model.cpu().eval(),
     )
     if not pl_trainer.is_global_zero:
@@ -608,6 +614,16 @@ def _train_into(
     write_json(staging / RUN_INFO, result.to_json())
     publish_dir(staging, run_dir, overwrite)
     return result
+
+
+def _whole_epochs(trainer: L.Trainer) -> int:
+    """Training epochs that ran every batch: Lightning counts an epoch cut short too."""
+    epochs = int(trainer.current_epoch)
+    batches = trainer.num_training_batches
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    if epochs > 0 and math.isfinite(batches) and done < batches:
+        epochs -= 1  # the last epoch stopped early (max_steps, a callback's should_stop)
+    return epochs
 
 
 def format_accuracies(train_acc: float, val_acc: float, test_acc: float) -> str:
