@@ -575,6 +575,27 @@ def test_bench_on_cuda_alone_without_a_gpu_keeps_earlier_reports(
     assert not (tmp_path / "new").exists()
 
 
+def test_bench_finishes_an_export_killed_while_publishing(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from toolkit.export import export_command
+
+    exports = tmp_path / "exports"
+    export_command(str(trained_run / "model.ckpt"), "torchscript", str(exports))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True).stdout.strip()  # fmt: skip
+    # The state a killed two-format publish leaves: torchscript staged, not yet placed.
+    (exports / "torchscript").rename(exports / f".torchscript.{dead}.partial")
+    (exports / f".publish.{dead}.journal").write_text('["torchscript", "onnx"]')
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "torchscript"}
+    report = B.bench_command(**quick)
+    assert "torchscript" in [r.runtime for r in report.rows]
+    assert sorted(p.name for p in exports.iterdir()) == ["torchscript"]
+
+
 # -- CLI -----------------------------------------------------------------------------------
 def test_cli_bench_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
     result = run_cli(

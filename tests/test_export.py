@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from helpers import requires_cuda, run_cli
 from torch import nn
 
-from toolkit.atomic import publish_dir
+from toolkit.atomic import clean_stale_partials, publish_dir
 from toolkit.errors import (
     CheckpointError,
     ExportError,
@@ -429,6 +429,48 @@ def test_publish_replaces_any_output_without_leftovers(kind: str, tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == ["onnx"], "a .old or .partial was left"
     assert not final.is_symlink() and (final / "model.onnx").read_text() == "new"
     assert (target / "keep.txt").read_text() == "not ours", "a symlink's target was touched"
+
+
+def test_publish_killed_between_renames_is_finished_by_the_next_run(two_exports: Path) -> None:
+    before = _snapshot(two_exports)
+    script = f"""
+import os, signal
+from pathlib import Path
+from toolkit.export import export_model
+from toolkit.models import build_model
+
+rename = os.rename
+def killing_rename(src, dst):  # dies right after the first staged folder is placed
+    rename(src, dst)
+    if Path(src).name.endswith(".partial"):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.rename = killing_rename
+export_model(build_model("mlp"), None, ["torchscript", "onnx"], {str(two_exports)!r},
+             overwrite=True, exporter="legacy", script=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    journals = list(two_exports.glob(".publish.*.journal"))
+    assert len(journals) == 1 and (two_exports / "torchscript").is_dir()
+    assert not (two_exports / "onnx").exists()  # moved aside as .old, the new one staged
+    removed = clean_stale_partials(two_exports)
+    assert journals[0] in removed
+    assert sorted(p.name for p in two_exports.iterdir()) == ["onnx", "torchscript"]
+    after = _snapshot(two_exports)
+    assert Manifest.load(two_exports / "torchscript").exporter == "torch.jit.script"
+    # Both outputs are the new ones: the same source network and export call, not a mix.
+    assert after["onnx/manifest.json"] != before["onnx/manifest.json"]
+    assert after["torchscript/model.pt"] != before["torchscript/model.pt"]
+
+
+def test_torn_publish_journal_restores_the_old_outputs(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True).stdout.strip()  # fmt: skip
+    (tmp_path / f".publish.{dead}.journal").write_text('["onnx", "torch')  # died mid-write
+    (tmp_path / f".onnx.{dead}.old").mkdir()  # cannot happen after a torn journal, but
+    (tmp_path / f".onnx.{dead}.partial").mkdir()  # the staged folder must not be placed
+    clean_stale_partials(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
 
 
 # -- pre-export checks ---------------------------------------------------------------------

@@ -154,7 +154,9 @@ def clean_stale_partials(folder: str | Path) -> list[Path]:
     """Tidy up after killed processes: remove their ``.<name>.<pid>.partial`` outputs.
 
     A ``.<name>.<pid>.old`` (an output being replaced when the process died) is moved back
-    to ``<name>`` if nothing took its place, else removed. Only names exactly of the form
+    to ``<name>`` if nothing took its place, else removed. A ``.publish.<pid>.journal``
+    (a multi-folder publish killed during its renames) is finished first: its staged
+    folders are renamed into place (see :func:`publish_dirs`). Only names exactly of the form
     toolkit writes count: ``<name>`` not hidden, ``<pid>`` a possible process id, and a
     ``.partial`` no symlink. Any other name, and the outputs of processes still running,
     are left alone; an odd name never raises. Returns what was removed or restored.
@@ -172,6 +174,17 @@ def clean_stale_partials(folder: str | Path) -> list[Path]:
         pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     except (OSError, ValueError):
         pid_max = 4_194_304  # the largest pid_max Linux allows
+    journal_pattern = re.compile(r"\.publish\.([1-9][0-9]{0,9})\.journal")
+    for entry in entries:
+        match = journal_pattern.fullmatch(entry.name)
+        if match is not None and not entry.is_symlink():
+            pid = int(match.group(1))
+            if pid <= pid_max and pid != os.getpid() and not _pid_alive(pid):
+                touched += _finish_publish(folder, entry.name, pid)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return touched
     for entry in entries:
         match = pattern.fullmatch(entry.name)
         if match is None:
@@ -195,6 +208,64 @@ def clean_stale_partials(folder: str | Path) -> list[Path]:
     return touched
 
 
+def _journal_path(folder: Path, pid: int | None = None) -> Path:
+    return folder / f".publish.{os.getpid() if pid is None else pid}.journal"
+
+
+def _write_journal(moves: Sequence[tuple[Path, Path]]) -> Path | None:
+    """Record a multi-folder publish before its first rename (see :func:`publish_dirs`).
+
+    Only for the layout toolkit stages in: every ``final`` in one folder, each staged as
+    ``leftover_name(final)``. Written in place (not atomically): a torn journal means the
+    renames had not begun, and recovery then ignores it.
+    """
+    folder = moves[0][1].parent
+    if len(moves) < 2 or any(
+        final.parent != folder or staging != leftover_name(final) for staging, final in moves
+    ):
+        return None
+    journal = _journal_path(folder)
+    with open(journal, "x", encoding="utf-8") as f:
+        json.dump([final.name for _, final in moves], f)
+        f.flush()
+        os.fsync(f.fileno())
+    return journal
+
+
+def _finish_publish(folder: Path, journal_name: str, pid: int) -> list[Path]:
+    """Complete the publish of a process killed during its renames (roll forward).
+
+    Every staged folder the journal names was complete before the journal was written, so
+    each one still staged is renamed into place; what it replaces is moved aside as
+    ``.old``, which the caller then removes. Returns the journal if it was removed.
+    """
+    journal = folder / journal_name
+    try:
+        names = json.loads(journal.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        names = None  # torn: the process died while writing it, before any rename
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        for name in names:
+            final = folder / name
+            if Path(name).name != name or name.startswith("."):
+                continue  # not a name toolkit writes
+            staging = folder / f".{name}.{pid}.partial"
+            old = folder / f".{name}.{pid}.old"
+            try:
+                if not staging.is_dir() or staging.is_symlink():
+                    continue  # already placed
+                if os.path.lexists(final):
+                    if os.path.lexists(old):
+                        continue  # not the state a publish leaves; the caller tidies up
+                    os.rename(final, old)
+                os.rename(staging, final)
+            except OSError:
+                continue
+    with contextlib.suppress(OSError):
+        journal.unlink()
+    return [] if os.path.lexists(journal) else [journal]
+
+
 def publish_dir(staging: Path, final: Path, overwrite: bool) -> None:
     """Rename the complete folder ``staging`` to ``final``, replacing it only if allowed.
 
@@ -213,14 +284,22 @@ def publish_dirs(moves: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
     Existing ones are moved aside to ``.<name>.<pid>.old``, the staged folders are renamed
     into place, and only then are the old ones removed. If a rename fails, the renames done
     so far are undone (the old outputs come back, the staged folders stay staged) and the
-    ``OSError`` is raised. A kill during the renames (a few system calls) can still leave
-    some outputs replaced and others not; :func:`clean_stale_partials` restores the rest.
+    ``OSError`` is raised.
+
+    Before the first rename of several folders staged as toolkit stages them (one parent
+    folder, ``leftover_name(final)``), a journal ``.publish.<pid>.journal`` names them. A
+    process killed during the renames leaves it, and :func:`clean_stale_partials` then
+    finishes the publish: every output is the new one, never a mix of new and old.
     """
     moves = [(Path(staging), Path(final)) for staging, final in moves]
     for _, final in moves:
         check_new(final, overwrite)
     aside: list[tuple[Path, Path]] = []  # (final, old)
     placed: list[tuple[Path, Path]] = []  # (staging, final)
+    try:
+        journal = _write_journal(moves) if moves else None
+    except OSError as exc:
+        raise output_error(_journal_path(moves[0][1].parent), exc) from None
     try:
         for _, final in moves:
             if os.path.lexists(final):  # a dangling symlink too
@@ -231,6 +310,9 @@ def publish_dirs(moves: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
             os.rename(staging, final)
             placed.append((staging, final))
     except BaseException:
+        if journal is not None:  # this publish is undone, not to be finished later
+            with contextlib.suppress(OSError):
+                journal.unlink()
         for staging, final in reversed(placed):
             with contextlib.suppress(OSError):
                 os.rename(final, staging)
@@ -238,5 +320,8 @@ def publish_dirs(moves: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
             with contextlib.suppress(OSError):
                 os.rename(old, final)
         raise
+    if journal is not None:
+        with contextlib.suppress(OSError):
+            journal.unlink()
     for _, old in aside:
         _remove(old)  # a file or symlink as well as a folder

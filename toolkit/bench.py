@@ -1428,7 +1428,7 @@ def bench_command(
     Raises:
         CheckFailedError: ``compare`` found a regression (after the reports are written).
     """
-    from toolkit.atomic import check_writable_dir
+    from toolkit.atomic import check_writable_dir, clean_stale_partials
     from toolkit.bench_report import print_changes, print_report
     from toolkit.models import input_shape_of
     from toolkit.reload import load_network
@@ -1459,6 +1459,7 @@ def bench_command(
     out_dir = Path(output_dir) if output_dir else exports_dir
     user_inputs = read_input_file(inputs, shape) if inputs else None
     check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
+    clean_stale_partials(exports_dir)  # finish or undo what a killed export left
     specs, skipped = discover_runtimes(network, exports_dir, _split_names(runtimes))
     parity_path = exports_dir / PARITY_JSON
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from toolkit.atomic import clean_stale_partials
 from toolkit.errors import CheckFailedError, ToolkitError, UsageError
 from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file
 
@@ -1168,6 +1169,7 @@ def verify_command(
             f"no exports folder {folder}; run `toolkit export --checkpoint {checkpoint} "
             "--format all` first or pass --exports"
         )
+    clean_stale_partials(folder)  # finish or undo what a killed export left
     report = verify(
         checkpoint,
         folder,
