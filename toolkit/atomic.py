@@ -225,7 +225,7 @@ def _write_journal(moves: Sequence[tuple[Path, Path]]) -> Path | None:
     ):
         return None
     journal = _journal_path(folder)
-    with open(journal, "x", encoding="utf-8") as f:
+    with open(journal, "w", encoding="utf-8") as f:  # one of ours: a dead earlier pid
         json.dump([final.name for _, final in moves], f)
         f.flush()
         os.fsync(f.fileno())
