@@ -6,7 +6,9 @@ modules named ``conftest`` on ``sys.path`` would shadow each other.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,12 @@ import pytest
 import torch
 
 # Unpacked data goes to a temporary cache, never the user's (set before anything looks).
-os.environ.setdefault("TOOLKIT_CACHE", tempfile.mkdtemp(prefix="toolkit-test-cache-"))
+# The cache made here (~53 MB of unpacked Fashion-MNIST) goes when the session ends; child
+# processes inherit the variable, so only the process that made it removes it.
+if "TOOLKIT_CACHE" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="toolkit-test-cache-")
+    os.environ["TOOLKIT_CACHE"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
