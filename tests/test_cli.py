@@ -244,3 +244,37 @@ def test_sigterm_while_reading_the_arguments(monkeypatch, capsys) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert capsys.readouterr().err == "toolkit: terminated\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--seed", "-1"], "--seed must be 0 to 4294967295"),
+        (["--trainer.val_check_interval", "100"], "bad Trainer option: `val_check_interval`"),
+        (
+            ["--trainer.callbacks", "lightning.pytorch.callbacks.EarlyStopping",
+             "--trainer.callbacks.monitor", "foo"],
+            "bad Trainer option: Early stopping conditioned on metric `foo`",
+        ),
+    ],
+)  # fmt: skip
+def test_settings_lightning_refuses_during_fit_are_one_line_errors(
+    idx_dir: Path, tmp_path: Path, extra: list[str], fragment: str
+) -> None:
+    out = tmp_path / "runs"
+    proc = run_cli(*_train_args(idx_dir, out, "--trainer.log_every_n_steps", "1", *extra))
+    # Lightning's own device lines come first: the error is the last line, and the only one.
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: ")]
+    assert errors == [proc.stderr.strip().splitlines()[-1]] and fragment in errors[0]
+    assert not out.exists()  # the output folder the run made is gone again
+
+
+def test_train_prints_its_run_folder_and_accuracies(idx_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(*_train_args(idx_dir, tmp_path / "runs", "--run_name", "r"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"run folder: {tmp_path / 'runs' / 'r'}"
+    accuracy = r"\d+\.\d\d%"
+    line = f"Train Acc {accuracy} \\| Val Acc {accuracy} \\| Test Acc {accuracy}"
+    assert re.fullmatch(line, lines[1])

@@ -127,7 +127,13 @@ def _call(parser: Any, cfg: Any) -> Any:
         kwargs.pop(key, None)
     if command == "train":
         kwargs["trainer"] = _trainer_options(kwargs.get("trainer") or {})
-    return _function(COMMANDS[command])(**kwargs)
+    result = _function(COMMANDS[command])(**kwargs)
+    if command == "train" and getattr(result, "run_dir", None):
+        from toolkit.train import format_accuracies
+
+        print(f"run folder: {result.run_dir}")
+        print(format_accuracies(result.train_acc, result.val_acc, result.test_acc))
+    return result
 
 
 def _bool_flags(argv: list[str]) -> list[str]:
@@ -144,7 +150,7 @@ def _bool_flags(argv: list[str]) -> list[str]:
     for i, arg in enumerate(argv):
         out.append(arg)
         following = argv[i + 1] if i + 1 < len(argv) else None
-        if arg in names and (following is None or following.startswith("--")):
+        if arg in names and (following is None or following.startswith("-")):
             out.append("true")
     return out
 
@@ -173,7 +179,8 @@ def _main(argv: list[str] | None) -> int:
         try:
             cfg = parser.parse_args(argv)
         except argparse.ArgumentError as exc:
-            print(f"toolkit: error: {_one_line(str(exc))} (see toolkit --help)", file=sys.stderr)
+            usage = f"toolkit {command} --help" if command else "toolkit --help"
+            print(f"toolkit: error: {_one_line(str(exc))} (see {usage})", file=sys.stderr)
             return 2
         if cfg.get("command") is None:
             parser.print_help()

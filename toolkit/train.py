@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,7 +119,9 @@ def _check_run_name(run_name: str | None) -> None:
         )
 
 
-def _check_numbers(num_workers: int, learning_rate: float) -> None:
+def _check_numbers(num_workers: int, learning_rate: float, seed: int = 0) -> None:
+    if not 0 <= seed <= 2**32 - 1:  # the range numpy's and Lightning's seeding accept
+        raise UsageError(f"--seed must be 0 to {2**32 - 1}, got {seed}")
     if num_workers < 0:
         raise UsageError(f"--num_workers must be 0 or more, got {num_workers}")
     if not math.isfinite(learning_rate) or learning_rate <= 0:
@@ -197,6 +200,28 @@ def _stops_as_errors(what: str) -> Iterator[None]:
         if isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1)
             raise KeyboardInterrupt from None
         raise
+    except MisconfigurationException as exc:  # a Trainer or callback option, found in fit
+        raise UsageError(f"bad Trainer option: {first_line(exc)}; {what}") from None
+    except (ValueError, RuntimeError) as exc:
+        if not _raised_by_lightning_checks(exc):
+            raise
+        raise UsageError(f"bad Trainer option: {first_line(exc)}; {what}") from None
+
+
+def _raised_by_lightning_checks(exc: BaseException) -> bool:
+    """Whether Lightning raised ``exc`` itself while checking its settings during ``fit``.
+
+    E.g. ``val_check_interval`` larger than an epoch, or ``EarlyStopping(monitor=...)`` on
+    a metric that is never logged. Errors raised inside torch or the model (a shape
+    mismatch, out of memory) are not such checks.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    origin = Path(frames[-1].filename).as_posix()
+    return "/lightning/pytorch/" in origin and any(
+        part in origin for part in ("/callbacks/", "/trainer/", "/loops/", "/utilities/")
+    )
 
 
 def _resolve_run_dir(
@@ -491,7 +516,7 @@ def _train(
     net = build_model(model, **model_kwargs)  # fail fast on a bad name or kwargs
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES.get(model, 0.001)
-    _check_numbers(num_workers, learning_rate)
+    _check_numbers(num_workers, learning_rate, seed)
     data = MNISTDataModule(
         data_dir,
         dataset,
