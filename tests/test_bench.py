@@ -446,6 +446,7 @@ def test_outputs_are_written_atomically(mlp: torch.nn.Module, tmp_path: Path, mo
 
 
 def _quick(trained_run: Path, tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "no-exports").mkdir(exist_ok=True)  # an exports folder with no artifacts
     return {
         "checkpoint": str(trained_run / "model.ckpt"),
         "exports": str(tmp_path / "no-exports"),
@@ -594,6 +595,22 @@ def test_bench_finishes_an_export_killed_while_publishing(
     report = B.bench_command(**quick)
     assert "torchscript" in [r.runtime for r in report.rows]
     assert sorted(p.name for p in exports.iterdir()) == ["torchscript"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"exports": "/no/such/exports"}, "no exports folder /no/such/exports"),
+        ({"runtimes": "all,foo"}, "unknown runtime or format 'foo'"),
+        ({"runtimes": " , "}, "no runtime given"),
+    ],
+)
+def test_bench_refuses_a_missing_exports_folder_and_unknown_runtimes(
+    trained_run: Path, tmp_path: Path, change: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        B.bench_command(**{**_quick(trained_run, tmp_path), **change})
+    assert not (tmp_path / "out").exists()
 
 
 # -- CLI -----------------------------------------------------------------------------------

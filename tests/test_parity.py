@@ -707,7 +707,15 @@ def test_model_given_for_a_checkpoint_that_records_it(trained_run: Path, tmp_pat
 
 
 # -- the CLI, as a user runs it --------------------------------------------------------------
+def _torchscript_export(trained_run: Path, folder: Path) -> Path:
+    from toolkit.export import export_command
+
+    export_command(str(trained_run / "model.ckpt"), "torchscript", str(folder))
+    return folder
+
+
 def test_cli_verify_passes_with_exit_0(trained_run: Path, idx_dir: Path, tmp_path: Path) -> None:
+    _torchscript_export(trained_run, tmp_path)
     result = run_cli(
         "verify",
         "--checkpoint", str(trained_run / "model.ckpt"),
@@ -723,6 +731,7 @@ def test_cli_verify_passes_with_exit_0(trained_run: Path, idx_dir: Path, tmp_pat
 def test_cli_verify_wrong_inputs_shape_is_one_line(trained_run: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "x.npy"
     np.save(inputs, np.zeros((3, 784), np.float32))
+    _torchscript_export(trained_run, tmp_path)
     result = run_cli(
         "verify", "--checkpoint", str(trained_run / "model.ckpt"), "--exports", str(tmp_path),
         "--inputs", str(inputs),
@@ -731,3 +740,17 @@ def test_cli_verify_wrong_inputs_shape_is_one_line(trained_run: Path, tmp_path: 
     assert result.stderr.strip() == (
         f"toolkit: error: inputs {inputs}: expected shape (N, 1, 28, 28), got (3, 784)"
     )
+
+
+def test_verify_command_refuses_a_folder_without_artifacts(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="no artifact folders"):
+        verify_command(str(trained_run / "model.ckpt"), str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # no parity report written
+
+
+def test_verify_uses_the_runs_data_folder(trained_run: Path, tmp_path: Path) -> None:
+    exports = _torchscript_export(trained_run, tmp_path / "exports")
+    report = verify_command(str(trained_run / "model.ckpt"), str(exports), threads=1)
+    assert report.samples == 120  # the run's own small test split, not Fashion-MNIST's 10,000

@@ -1338,9 +1338,20 @@ def _split_ints(values: Sequence[int] | str, option: str) -> list[int]:
 
 
 def _split_names(runtimes: Sequence[str] | str) -> list[str] | None:
+    """``--runtimes`` as a list of names; None for ``all``. Every name is checked."""
+    from toolkit.formats import FORMATS
+
     items = runtimes.split(",") if isinstance(runtimes, str) else list(runtimes)
     names = [str(n).strip() for n in items if str(n).strip()]
-    return None if not names or "all" in names else names
+    if not names:
+        raise UsageError("no runtime given; pass --runtimes all or names such as eager,onnx")
+    for name in names:
+        if name != "all" and name not in RUNTIMES and name not in FORMATS.names():
+            raise UsageError(
+                f"unknown runtime or format '{name}'; runtimes: "
+                f"{', '.join(RUNTIMES.names())}; formats: {', '.join(FORMATS.names())}"
+            )
+    return None if "all" in names else names
 
 
 def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
@@ -1455,12 +1466,15 @@ def bench_command(
             f"{compare} benchmarks a {old.network}, this checkpoint holds a "
             f"{type(network).__name__}: nothing to compare"
         )
+    if exports and not Path(exports).is_dir():  # the default folder may not exist yet
+        raise UsageError(f"no exports folder {exports}; run `toolkit export` or fix --exports")
+    names = _split_names(runtimes)
     exports_dir = Path(exports) if exports else default_exports_dir(ckpt)
     out_dir = Path(output_dir) if output_dir else exports_dir
     user_inputs = read_input_file(inputs, shape) if inputs else None
     check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
     clean_stale_partials(exports_dir)  # finish or undo what a killed export left
-    specs, skipped = discover_runtimes(network, exports_dir, _split_names(runtimes))
+    specs, skipped = discover_runtimes(network, exports_dir, names)
     parity_path = exports_dir / PARITY_JSON
 
     def progress(line: str) -> None:

@@ -800,7 +800,8 @@ def verify(
         inputs: Own inputs instead of the test split: ``.npy``/``.pt`` path, array or tensor,
             float32 of shape (N, *input_shape).
         dataset: Data set of the test split (default: the run's, from ``run.json``).
-        data_dir: Folder with the IDX files.
+        data_dir: Folder with the IDX files (default: the run's ``--data_dir`` from
+            ``run.json`` when neither this nor ``dataset`` is given).
         threads: Intra-op threads for every runtime, at least 1 (default: torch's current
             setting).
         trust_pickled_file: Allow arbitrary unpickling of the checkpoint.
@@ -828,6 +829,8 @@ def verify(
     checkpoint_sha256 = sha256_file(checkpoint)
     shape = input_shape_of(reference_net)
     run_info = _read_json(checkpoint.parent / RUN_INFO)
+    if dataset is None and data_dir is None:  # the data the run was trained on, as evaluate
+        data_dir = run_info.get("data_dir")
     dataset = dataset or run_info.get("dataset") or "fashion-mnist"
     main, labels, described, split = _main_inputs(inputs, shape, dataset, data_dir, limit)
     sets = build_input_sets(main, shape)
@@ -1140,7 +1143,8 @@ def verify_command(
         inputs: Own inputs instead of the test split: a float32 ``.npy`` or ``.pt`` of
             shape (N, *input_shape).
         dataset: Data set of the test split (default: the run's).
-        data_dir: Folder with the IDX files.
+        data_dir: Folder with the IDX files (default: the run's, from ``run.json``, when
+            neither this nor ``dataset`` is given).
         threads: Intra-op threads for every runtime, at least 1 (default: torch's setting).
         trust_pickled_file: Allow arbitrary unpickling of the checkpoint (trusted files only).
         model: Network registry name, for a weights file that does not record it (a
@@ -1170,6 +1174,11 @@ def verify_command(
             "--format all` first or pass --exports"
         )
     clean_stale_partials(folder)  # finish or undo what a killed export left
+    if not artifact_folders(folder):
+        raise UsageError(
+            f"no artifact folders (with manifest.json) in {folder}; run `toolkit export "
+            f"--checkpoint {checkpoint} --format all` first or pass --exports"
+        )
     report = verify(
         checkpoint,
         folder,
