@@ -278,3 +278,24 @@ def test_train_prints_its_run_folder_and_accuracies(idx_dir: Path, tmp_path: Pat
     accuracy = r"\d+\.\d\d%"
     line = f"Train Acc {accuracy} \\| Val Acc {accuracy} \\| Test Acc {accuracy}"
     assert re.fullmatch(line, lines[1])
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "verify", "bench"])
+def test_every_option_has_help_text(command: str) -> None:
+    """``--help`` shows each parameter's line from the ``Args:`` section of its docstring."""
+    import inspect
+
+    from toolkit.cli import COMMANDS, _function
+
+    function = _function(COMMANDS[command])
+    doc = inspect.getdoc(function) or ""
+    args = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    for name in inspect.signature(function).parameters:
+        assert re.search(rf"^\s+{name}:", args, re.MULTILINE), f"{command} --{name} has no help"
+
+
+def test_train_help_states_the_default_learning_rates() -> None:
+    from toolkit.train import DEFAULT_LEARNING_RATES, train
+
+    for model, rate in DEFAULT_LEARNING_RATES.items():
+        assert f"{model} {rate}" in (train.__doc__ or "")

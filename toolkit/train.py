@@ -432,8 +432,8 @@ def train(
         data_dir: Folder with the IDX files (default: cache, Debian package, download).
         max_epochs: Training epochs.
         batch_size: Batch size.
-        learning_rate: Adam learning rate; default per model from
-            :data:`DEFAULT_LEARNING_RATES` (else 0.001).
+        learning_rate: Adam learning rate; default per model: mlp 0.003, cnn 0.001,
+            others 0.001 (``DEFAULT_LEARNING_RATES``).
         seed: Seed for weights, shuffling and the train/val split.
         output_dir: Parent folder of run folders.
         run_name: Run folder name; default ``<model>-<dataset>``, versioned if taken.
@@ -680,6 +680,18 @@ def evaluate(
     Lightning steps than the tutorial's 64. The network must take the data set's samples
     and give one score per class. Without ``dataset`` and ``data_dir``, the data set and
     data folder recorded in the run folder's ``run.json`` are used, if there is one.
+
+    Args:
+        checkpoint: A Lightning .ckpt (loaded with load_from_checkpoint).
+        weights: A state_dict .pt or .safetensors file, instead of a checkpoint.
+        model: Registry name of the network, for weights that do not record it.
+        model_kwargs: Constructor kwargs of the network (override what the file records).
+        dataset: fashion-mnist, mnist or kmnist (default: the run's, else fashion-mnist).
+        data_dir: Folder with the IDX files (default: the run's, else the usual lookup).
+        batch_size: Evaluation batch size; it changes no accuracy.
+        seed: Seed of the train/val split (42, as in training).
+        accelerator: Lightning accelerator: auto, cpu, gpu, ...
+        trust_pickled_file: Allow arbitrary unpickling (only for files you trust).
 
     Returns:
         ``{"train_acc": ..., "val_acc": ..., "test_acc": ...}``.
