@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import requires_real_data
-from idx import make_split
+from idx import idx_bytes, make_split, write_idx_dataset
 
-from toolkit.data import MNISTDataModule, load_split, locate_data
-from toolkit.errors import DataError, UnknownNameError
+import toolkit.data as data
+from toolkit.data import MNISTDataModule, cache_dir, load_split, locate_data
+from toolkit.errors import DataError, OutputError, UnknownNameError
 
 
 def test_decodes_plain_idx(idx_dir: Path) -> None:
@@ -152,3 +156,117 @@ def test_eval_batch_size_applies_to_evaluation_loaders_only(idx_dir: Path) -> No
     assert MNISTDataModule(str(idx_dir), batch_size=32).eval_batch_size == 32
     with pytest.raises(UsageError, match="eval_batch_size must be at least 1"):
         MNISTDataModule(str(idx_dir), eval_batch_size=0)
+
+
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty cache, with no Debian folder and no download to fall back on."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TOOLKIT_CACHE", str(cache))
+    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", tmp_path / "nowhere")
+    monkeypatch.setattr(data, "_try_download", lambda name: False)
+    return cache
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def test_corrupt_deflate_stream_is_a_data_error_and_leaves_no_temp(
+    tmp_path: Path, own_cache: Path
+) -> None:
+    folder = write_idx_dataset(tmp_path / "d", compress=True)
+    path = folder / "train-images-idx3-ubyte.gz"
+    packed = bytearray(path.read_bytes())
+    packed[20:40] = b"\xff" * 20  # a valid gzip header, then a broken deflate stream
+    path.write_bytes(bytes(packed))
+    with pytest.raises(DataError, match=r"cannot unpack .*train-images.*the file is corrupt"):
+        locate_data("fashion-mnist", folder)
+    assert _leftovers(own_cache) == []
+
+
+def test_interrupted_unpack_leaves_no_temp(
+    tmp_path: Path, own_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_idx_dataset(tmp_path / "d", compress=True)
+
+    def interrupted(src: Path):
+        yield b"\0" * 100
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_gunzip_chunks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        locate_data("fashion-mnist", folder)
+    assert own_cache.is_dir() and _leftovers(own_cache) == []
+
+
+def test_cache_that_is_a_file_is_an_output_error(tmp_path: Path, own_cache: Path) -> None:
+    folder = write_idx_dataset(tmp_path / "d", compress=True)
+    own_cache.write_text("not a folder")
+    with pytest.raises(OutputError, match=rf"cannot write {own_cache}"):
+        locate_data("fashion-mnist", folder)
+
+
+def test_full_disk_is_an_output_error_not_corrupt(
+    tmp_path: Path, own_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_idx_dataset(tmp_path / "d", compress=True)
+
+    class FullFile(io.FileIO):
+        def write(self, chunk: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data, "open", FullFile, raising=False)  # the unpacker's open()
+    with pytest.raises(OutputError, match=rf"cannot write {own_cache}.*no space left") as info:
+        locate_data("fashion-mnist", folder)
+    assert "corrupt" not in str(info.value)
+    assert _leftovers(own_cache) == []
+
+
+def test_train_and_test_image_shapes_must_match(tmp_path: Path) -> None:
+    folder = write_idx_dataset(tmp_path / "d")
+    images, _ = make_split(480, 1)
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(images[:, :20, :20]))
+    dm = MNISTDataModule(str(folder))
+    with pytest.raises(DataError, match="differ in shape") as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert "20x20" in message and "28x28" in message
+    assert "train-images-idx3-ubyte" in message and "t10k-images-idx3-ubyte" in message
+
+
+def test_flat_files_in_the_cache_root_are_ignored(own_cache: Path) -> None:
+    write_idx_dataset(own_cache)  # flat in the root: belongs to no particular data set
+    for dataset in ("mnist", "kmnist", "fashion-mnist"):
+        with pytest.raises(DataError, match="data not found"):
+            locate_data(dataset)
+    write_idx_dataset(own_cache / "KMNIST" / "raw")
+    assert locate_data("kmnist")["train-images-idx3-ubyte"].parent == own_cache / "KMNIST" / "raw"
+
+
+def test_empty_cache_variable_means_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TOOLKIT_CACHE", "")
+    assert cache_dir() == tmp_path / ".cache" / "toolkit"
+    monkeypatch.setenv("TOOLKIT_CACHE", "~/mycache")
+    assert cache_dir() == tmp_path / "mycache"
+
+
+def test_garbage_idx_header_says_why(tmp_path: Path, idx_dir: Path) -> None:
+    shutil.copytree(idx_dir, tmp_path / "d")
+    (tmp_path / "d" / "train-images-idx3-ubyte").write_bytes(b"garbage!" * 50)
+    with pytest.raises(DataError, match=r"corrupt or truncated IDX image file .*: bad IDX header$"):
+        load_split("train", data_dir=tmp_path / "d")
+
+
+def test_partial_folder_names_the_missing_files(tmp_path: Path, idx_dir: Path) -> None:
+    shutil.copytree(idx_dir, tmp_path / "d" / "FashionMNIST" / "raw")
+    (tmp_path / "d" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    (tmp_path / "d" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError) as info:
+        locate_data("fashion-mnist", tmp_path / "d")
+    message = str(info.value)
+    assert message.endswith(
+        f"{tmp_path / 'd' / 'FashionMNIST' / 'raw'} lacks "
+        "train-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    )

@@ -15,12 +15,13 @@ PIL or ``ToTensor`` work.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import os
-import shutil
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from toolkit.errors import DataError, UnknownNameError, UsageError
+from toolkit.atomic import output_error
+from toolkit.errors import DataError, UnknownNameError, UsageError, first_line
 
 #: Registered data sets: CLI name → torchvision class name (also the cache sub-folder).
 DATASETS: dict[str, str] = {
@@ -48,8 +50,10 @@ INPUT_SHAPE = (1, 28, 28)
 
 
 def cache_dir() -> Path:
-    """The toolkit cache folder: ``$TOOLKIT_CACHE`` or ``~/.cache/toolkit``."""
-    return Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "toolkit"))
+    """The toolkit cache folder: ``$TOOLKIT_CACHE`` (``~`` expanded; empty means unset) or
+    ``~/.cache/toolkit``."""
+    value = os.environ.get("TOOLKIT_CACHE", "")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "toolkit"
 
 
 def _class_name(dataset: str) -> str:
@@ -61,18 +65,35 @@ def _class_name(dataset: str) -> str:
         ) from None
 
 
+def _find_in(folder: Path) -> dict[str, Path]:
+    """Map each IDX name present in ``folder`` (plain or ``.gz``) to its file."""
+    found = {}
+    for name in IDX_FILES:
+        for path in (folder / name, folder / f"{name}.gz"):
+            if path.is_file():
+                found[name] = path
+                break
+    return found
+
+
 def _find_files(folder: Path, class_name: str) -> dict[str, Path] | None:
-    """Map each IDX name to a plain or ``.gz`` file in ``folder``, or None if any is missing."""
+    """Map each IDX name to a plain or ``.gz`` file in ``folder`` (flat, or torchvision's
+    ``<folder>/<ClassName>/raw``), or None if any is missing."""
     for candidate in (folder, folder / class_name / "raw"):
-        found = {}
-        for name in IDX_FILES:
-            for path in (candidate / name, candidate / f"{name}.gz"):
-                if path.is_file():
-                    found[name] = path
-                    break
+        found = _find_in(candidate)
         if len(found) == len(IDX_FILES):
             return found
     return None
+
+
+def _missing_note(folder: Path, class_name: str) -> str:
+    """``; FOLDER lacks NAME...`` for the first layout of ``folder`` holding some IDX files."""
+    for candidate in (folder, folder / class_name / "raw"):
+        found = _find_in(candidate)
+        if found:
+            missing = ", ".join(name for name in IDX_FILES if name not in found)
+            return f"; {candidate} lacks {missing}"
+    return ""
 
 
 def _unpack_into(files: dict[str, Path], raw_dir: Path) -> dict[str, Path]:
@@ -84,17 +105,42 @@ def _unpack_into(files: dict[str, Path], raw_dir: Path) -> dict[str, Path]:
             continue
         dst = raw_dir / name
         if not dst.is_file():
-            raw_dir.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
-            try:
-                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-                os.replace(tmp, dst)
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                tmp.unlink(missing_ok=True)
-                raise DataError(f"cannot unpack {src}: {exc}; the file is corrupt") from None
+            _unpack_one(src, dst)
         out[name] = dst
     return out
+
+
+def _gunzip_chunks(src: Path) -> Iterator[bytes]:
+    """The decompressed bytes of ``src`` in chunks; read errors become a DataError."""
+    try:
+        with gzip.open(src, "rb") as fin:
+            while chunk := fin.read(1 << 20):
+                yield chunk
+    except (OSError, EOFError, zlib.error) as exc:
+        # An OSError with an errno (permission, I/O) is a read failure; a bad gzip header,
+        # deflate stream or early end has none and means the file is corrupt.
+        corrupt = "" if isinstance(exc, OSError) and exc.errno else "; the file is corrupt"
+        raise DataError(f"cannot unpack {src}: {first_line(exc)}{corrupt}") from None
+
+
+def _unpack_one(src: Path, dst: Path) -> None:
+    """Decompress ``src`` into ``dst`` through a hidden temp file, removed on any failure.
+
+    Errors reading ``src`` are a DataError; errors writing the cache (read-only, not a
+    folder, disk full) are an OutputError naming the cache folder.
+    """
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fout:
+            for chunk in _gunzip_chunks(src):
+                fout.write(chunk)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise output_error(dst.parent, exc) from None
+    finally:  # also on Ctrl-C; fails only where nothing could be written anyway
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def locate_data(
@@ -116,6 +162,7 @@ def locate_data(
             raise DataError(
                 f"no {class_name} IDX files ({', '.join(IDX_FILES)}, plain or .gz) in "
                 f"{data_dir} or {Path(data_dir) / class_name / 'raw'}"
+                f"{_missing_note(Path(data_dir), class_name)}"
             )
         # Unpack a user's .gz files apart from the shared cache, keyed by their source,
         # so two different folders never share (stale) unpacked files.
@@ -126,7 +173,9 @@ def locate_data(
         key = hashlib.sha256(source.encode()).hexdigest()[:16]
         return _unpack_into(found, cache_dir() / "unpacked" / key / class_name / "raw")
     tried = [raw_dir]
-    found = _find_files(raw_dir.parent.parent, class_name)
+    # Only the torchvision layout counts in the cache: files dropped flat into the cache
+    # root belong to no particular data set.
+    found = _complete(_find_in(raw_dir))
     if found is None and dataset in SYSTEM_DIRS:
         tried.append(SYSTEM_DIRS[dataset])
         found = _find_files(SYSTEM_DIRS[dataset], class_name)
@@ -135,7 +184,7 @@ def locate_data(
     if download:
         tried.append(Path(f"torchvision download into {raw_dir}"))
         if _try_download(class_name):
-            found = _find_files(raw_dir.parent.parent, class_name)
+            found = _complete(_find_in(raw_dir))
             if found is not None:
                 return _unpack_into(found, raw_dir)
     hint = (
@@ -149,6 +198,10 @@ def locate_data(
     )
 
 
+def _complete(found: dict[str, Path]) -> dict[str, Path] | None:
+    return found if len(found) == len(IDX_FILES) else None
+
+
 def _try_download(class_name: str) -> bool:
     from torchvision import datasets
 
@@ -160,6 +213,13 @@ def _try_download(class_name: str) -> bool:
     return True
 
 
+def _reason(exc: Exception) -> str:
+    """What a failed IDX read said; torchvision's header checks are bare assertions."""
+    if isinstance(exc, AssertionError) and not str(exc).strip():
+        return "bad IDX header"
+    return first_line(exc)
+
+
 @functools.lru_cache(maxsize=8)
 def _decode(
     images_path: Path, labels_path: Path, stamp: tuple
@@ -169,11 +229,15 @@ def _decode(
     try:
         images = read_image_file(str(images_path))
     except Exception as exc:
-        raise DataError(f"corrupt or truncated IDX image file {images_path}: {exc}") from None
+        raise DataError(
+            f"corrupt or truncated IDX image file {images_path}: {_reason(exc)}"
+        ) from None
     try:
         labels = read_label_file(str(labels_path))
     except Exception as exc:
-        raise DataError(f"corrupt or truncated IDX label file {labels_path}: {exc}") from None
+        raise DataError(
+            f"corrupt or truncated IDX label file {labels_path}: {_reason(exc)}"
+        ) from None
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(
             f"IDX files do not match: {images_path} holds {tuple(images.shape)}, "
@@ -302,14 +366,30 @@ class MNISTDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.download = download
 
+    def _load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Both splits, checked to hold images of one shape."""
+        splits = {  # decoded once: load_split caches the tensors
+            split: load_split(split, self.dataset, self.data_dir, self.download)
+            for split in SPLIT_FILES
+        }
+        shapes = {split: tuple(images.shape[1:]) for split, (images, _) in splits.items()}
+        if shapes["train"] != shapes["test"]:
+            files = locate_data(self.dataset, self.data_dir, self.download)
+            described = ", ".join(
+                f"{files[SPLIT_FILES[split][0]]} holds {'x'.join(map(str, shape))} images"
+                for split, shape in shapes.items()
+            )
+            raise DataError(f"train and test images differ in shape: {described}")
+        return splits
+
     def prepare_data(self) -> None:
         """Find, unpack or download the files and check they decode (one process only)."""
-        for split in SPLIT_FILES:  # decoded once: load_split caches the tensors
-            load_split(split, self.dataset, self.data_dir, self.download)
+        self._load_splits()
 
     def setup(self, stage: str | None = None) -> None:
         """Decode the IDX files and make the seeded train/val split."""
-        images, labels = load_split("train", self.dataset, self.data_dir, self.download)
+        splits = self._load_splits()
+        images, labels = splits["train"]
         total = len(labels)
         val = self.val_size if self.val_size is not None else total // 12
         if not 0 < val < total:
@@ -317,9 +397,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.mnist_train, self.mnist_val = TensorImageDataset.split(
             images, labels, [total - val, val], self.seed
         )
-        self.mnist_test = TensorImageDataset(
-            *load_split("test", self.dataset, self.data_dir, self.download)
-        )
+        self.mnist_test = TensorImageDataset(*splits["test"])
         self.mnist_predict = self.mnist_test
 
     def _loader(self, dataset: Dataset, train: bool = False) -> DataLoader:
