@@ -229,11 +229,28 @@ def test_opset_ranges_of_the_installed_exporters() -> None:
         onnx_opset_range("jit")
 
 
-def test_opset_is_checked_only_for_onnx_formats(tmp_path: Path) -> None:
+def test_onnx_options_without_an_onnx_format_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="opset must be a whole number, got '17'"):
         export_model(build_model("mlp"), None, "onnx", tmp_path, opset="17")
-    manifest = export_model(build_model("mlp"), None, "torchscript", tmp_path, opset=99)
-    assert manifest["torchscript"].opset is None
+    for options, what in (({"opset": 17}, "--opset"), ({"exporter": "legacy"}, "--exporter")):
+        with pytest.raises(UsageError, match=f"{what} applies to the ONNX formats"):
+            export_model(build_model("mlp"), None, "torchscript", tmp_path, **options)
+    with pytest.raises(UsageError, match="--script applies to the torchscript format"):
+        export_model(build_model("mlp"), None, "onnx", tmp_path, script=True)
+    assert list(tmp_path.iterdir()) == []
+    manifest = export_model(build_model("mlp"), None, "all", tmp_path, opset=18, script=True)
+    assert manifest["torchscript"].opset is None and manifest["onnx"].opset == 18
+
+
+def test_export_command_takes_model_kwargs(tmp_path: Path) -> None:
+    from toolkit.models import PyTorchMLP
+
+    torch.save(PyTorchMLP(784, 5).state_dict(), tmp_path / "five.pt")
+    args = (str(tmp_path / "five.pt"), "torchscript", str(tmp_path / "out"))
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        export_command(*args, model="mlp")
+    manifest = export_command(*args, model="mlp", model_kwargs={"num_classes": 5})
+    assert manifest["torchscript"].network_kwargs == {"num_classes": 5}
 
 
 def test_export_writing_another_opset_than_asked_fails(tmp_path: Path, monkeypatch) -> None:

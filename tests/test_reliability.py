@@ -280,6 +280,7 @@ def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path) ->
     out = tmp_path / "bench"
     out.mkdir()
     (out / "bench.json").write_text("OLD REPORT")
+    (tmp_path / "no-exports").mkdir()  # an exports folder without artifacts
     args = [
         "bench",
         "--checkpoint",

@@ -130,10 +130,11 @@ def _check_flag(options: dict[str, Any], key: str, allow_none: bool = False) -> 
 def check_format_options(names: list[str], options: dict[str, Any]) -> None:
     """Refuse bad format options up front, so that a bad one never leaves a half-done export.
 
-    ``exporter`` and ``opset`` are checked when an ONNX format is among ``names`` (the
-    others ignore them): the exporter must exist and the opset be one it writes correctly
-    for each of those formats (:func:`onnx_opset_range`). ``script``, ``per_channel`` and
-    ``external_data`` must be booleans (``external_data`` may also be None).
+    ``exporter`` and ``opset`` are checked when an ONNX format is among ``names``, and
+    refused (as ``script`` is without torchscript) when none is: the exporter must exist
+    and the opset be one it writes correctly for each of those formats
+    (:func:`onnx_opset_range`). ``script``, ``per_channel`` and ``external_data`` must be
+    booleans (``external_data`` may also be None).
 
     Raises:
         UsageError: an unknown exporter, an opset out of range, or a mistyped option.
@@ -142,7 +143,14 @@ def check_format_options(names: list[str], options: dict[str, Any]) -> None:
     _check_flag(options, "per_channel")
     _check_flag(options, "external_data", allow_none=True)
     onnx_names = [name for name in names if issubclass(FORMATS.get(name), OnnxFormat)]
+    if options.get("script") and "torchscript" not in names:
+        raise UsageError("--script applies to the torchscript format, which is not exported")
     if not onnx_names:
+        exporter = options.get("exporter", "dynamo")
+        for given, what in ((options.get("opset") is not None, "--opset"),
+                            (exporter != "dynamo", "--exporter")):  # fmt: skip
+            if given:
+                raise UsageError(f"{what} applies to the ONNX formats, and none is exported")
         return
     exporter = options.get("exporter", "dynamo")
     if exporter not in EXPORTERS:
@@ -459,6 +467,7 @@ def export_command(
     script: bool = False,
     overwrite: bool = False,
     model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
     trust_pickled_file: bool = False,
 ) -> dict[str, Manifest]:
     """Export a trained network to ONNX, TorchScript, ExportedProgram and derived formats.
@@ -473,6 +482,7 @@ def export_command(
         script: TorchScript via ``torch.jit.script`` instead of tracing.
         overwrite: Replace existing exports.
         model: Network registry name, for weights files that do not record it.
+        model_kwargs: Constructor kwargs of the network (override what the file records).
         trust_pickled_file: Allow arbitrary unpickling of the checkpoint (trusted files only).
 
     Returns:
@@ -487,7 +497,7 @@ def export_command(
     check_format_options(names, options)  # before reading a possibly large checkpoint
     weights = read_weights(path, trust_pickled_file)  # read once: large checkpoints
     _, saved_name, saved_kwargs = weights
-    network = network_from_weights(weights, str(path), network=model)
+    network = network_from_weights(weights, str(path), model, model_kwargs)
     out_dir = Path(output_dir) if output_dir else default_exports_dir(path)
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(MIN_EXAMPLE_BATCH, *input_shape_of(network), generator=generator)
@@ -499,7 +509,10 @@ def export_command(
         overwrite=overwrite,
         source_checkpoint=path,
         network=model or saved_name,
-        network_kwargs=saved_kwargs if (model or saved_name) == saved_name else {},
+        network_kwargs={
+            **(saved_kwargs if (model or saved_name) == saved_name else {}),
+            **(model_kwargs or {}),
+        },
         **options,
     )
     for name, manifest in manifests.items():
