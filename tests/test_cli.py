@@ -250,6 +250,7 @@ def test_sigterm_while_reading_the_arguments(monkeypatch, capsys) -> None:
     ("extra", "fragment"),
     [
         (["--seed", "-1"], "--seed must be 0 to 4294967295"),
+        (["--max_epochs", "-1"], "--max_epochs -1 trains without end"),
         (["--trainer.val_check_interval", "100"], "bad Trainer option: `val_check_interval`"),
         (
             ["--trainer.callbacks", "lightning.pytorch.callbacks.EarlyStopping",
@@ -299,3 +300,20 @@ def test_train_help_states_the_default_learning_rates() -> None:
 
     for model, rate in DEFAULT_LEARNING_RATES.items():
         assert f"{model} {rate}" in (train.__doc__ or "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--output_dir", ""],
+        ["train", "--data_dir", " "],
+        ["evaluate", "--checkpoint", ""],
+        ["export", "--checkpoint", "x.ckpt", "--output_dir", ""],
+        ["verify", "--checkpoint", "x.ckpt", "--exports", ""],
+        ["bench", "--checkpoint", "x.ckpt", "--compare", ""],
+    ],
+)
+def test_empty_paths_are_refused(argv: list[str], tmp_path: Path) -> None:
+    proc = run_cli(*argv, cwd=tmp_path)
+    assert_one_line_error(proc, 2, "must not be empty")
+    assert list(tmp_path.iterdir()) == []

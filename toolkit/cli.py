@@ -30,6 +30,10 @@ COMMANDS: dict[str, str] = {
     "bench": "toolkit.bench:bench_command",
     "verify": "toolkit.parity:verify_command",
 }
+#: Options that name a file or folder: an empty string would quietly mean "." or the default.
+_PATH_OPTIONS = (
+    "checkpoint", "weights", "output_dir", "exports", "data_dir", "compare", "inputs",
+)  # fmt: skip
 #: Trainer options that ``train`` sets itself or takes as its own arguments.
 _TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
 
@@ -125,6 +129,9 @@ def _call(parser: Any, cfg: Any) -> Any:
     kwargs = _instantiate(parser, cfg)[command].as_dict()
     for key in ("config", "__path__", "print_config"):
         kwargs.pop(key, None)
+    for name in _PATH_OPTIONS:
+        if isinstance(kwargs.get(name), str) and not kwargs[name].strip():
+            raise UsageError(f"--{name} must not be empty; give a path or leave it out")
     if command == "train":
         kwargs["trainer"] = _trainer_options(kwargs.get("trainer") or {})
     result = _function(COMMANDS[command])(**kwargs)

@@ -309,6 +309,13 @@ def _trainer(
     options = dict(options or {})
     if "max_epochs" in options and options["max_epochs"] != max_epochs:
         raise UsageError("give max_epochs once: --max_epochs, not also --trainer.max_epochs")
+    limits = ("max_steps", "max_time")
+    if max_epochs == -1 and not any(options.get(k) not in (None, -1) for k in limits):
+        # Lightning's -1 means "no epoch limit": without another limit the run never ends.
+        raise UsageError(
+            "--max_epochs -1 trains without end; give --trainer.max_steps or "
+            "--trainer.max_time with it, or a number of epochs"
+        )
     settings = {**defaults, **options}
     callbacks = settings.get("callbacks") or []
     callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
@@ -430,7 +437,8 @@ def train(
         model_kwargs: Constructor kwargs of the network.
         dataset: fashion-mnist (default), mnist or kmnist.
         data_dir: Folder with the IDX files (default: cache, Debian package, download).
-        max_epochs: Training epochs.
+        max_epochs: Training epochs (-1: no epoch limit, with --trainer.max_steps or
+            --trainer.max_time).
         batch_size: Batch size.
         learning_rate: Adam learning rate; default per model: mlp 0.003, cnn 0.001,
             others 0.001 (``DEFAULT_LEARNING_RATES``).
