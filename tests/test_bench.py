@@ -613,6 +613,23 @@ def test_bench_refuses_a_missing_exports_folder_and_unknown_runtimes(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max_time": -5}, "--max_time must be a finite number of seconds"),
+        ({"max_time": 0}, "--max_time must be above 0"),
+        ({"max_time": float("inf")}, "--max_time must be a finite number"),
+        ({"warmup_calls": -1}, "--warmup_calls must be 0 or more"),
+        ({"min_calls": 2_000_000}, "--min_calls must be at most 1,000,000"),
+    ],
+)
+def test_bench_timing_options_are_checked_by_their_own_names(
+    trained_run: Path, tmp_path: Path, change: dict[str, float], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        B.bench_command(**{**_quick(trained_run, tmp_path), **change})
+
+
 # -- CLI -----------------------------------------------------------------------------------
 def test_cli_bench_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
     result = run_cli(

@@ -102,14 +102,20 @@ class TimingProtocol:
     def validate(self) -> None:
         """Raise :class:`UsageError` for settings that cannot be honoured."""
         for name in ("warmup_calls", "min_calls", "max_calls", "rounds"):
-            if int(getattr(self, name)) < (0 if name == "warmup_calls" else 1):
-                raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
+            least = 0 if name == "warmup_calls" else 1
+            if int(getattr(self, name)) < least:
+                raise UsageError(f"--{name} must be {least} or more, got {getattr(self, name)}")
         for name in ("warmup_time", "min_time", "max_time"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
-                raise UsageError(f"--{name} must be a non-negative number, got {value}")
-        if self.max_calls < self.min_calls:
-            raise UsageError(f"--max_calls ({self.max_calls}) is below --min_calls")
+                raise UsageError(f"--{name} must be a finite number of seconds, 0 or more, "
+                                 f"got {value}")  # fmt: skip
+        if self.max_time <= 0:
+            raise UsageError(f"--max_time must be above 0, got {self.max_time}")
+        if self.max_calls < self.min_calls:  # max_calls is a safety cap, not an option
+            raise UsageError(
+                f"--min_calls must be at most {self.max_calls:,}, got {self.min_calls:,}"
+            )
 
     @property
     def io_boundary(self) -> str:
@@ -1446,6 +1452,7 @@ def bench_command(
 
     ckpt = Path(checkpoint)
     batch_sizes = _split_ints(batch_sizes, "batch_sizes")
+    TimingProtocol(max_time=max_time).validate()  # as given, before min_time raises it
     protocol = TimingProtocol(
         warmup_calls=warmup_calls,
         warmup_time=warmup_time,
