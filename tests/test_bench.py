@@ -630,6 +630,22 @@ def test_bench_timing_options_are_checked_by_their_own_names(
         B.bench_command(**{**_quick(trained_run, tmp_path), **change})
 
 
+def test_bench_with_a_tampered_artifact_measures_the_rest_and_fails(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from toolkit.export import export_command
+
+    exports = tmp_path / "exports"
+    export_command(str(trained_run / "model.ckpt"), "torchscript", str(exports))
+    with open(exports / "torchscript" / "model.pt", "ab") as f:
+        f.write(b"x")
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+    with pytest.raises(CheckFailedError, match=r"1 artifact.*failed their checksum.*model\.pt"):
+        B.bench_command(**quick)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert "eager" in {r["runtime"] for r in report["rows"]}  # the rest was measured
+
+
 # -- CLI -----------------------------------------------------------------------------------
 def test_cli_bench_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
     result = run_cli(

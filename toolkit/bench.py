@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.errors import CheckFailedError, ToolkitError, UsageError, first_line
+from toolkit.errors import CheckFailedError, IntegrityError, ToolkitError, UsageError, first_line
 from toolkit.manifest import default_exports_dir
 from toolkit.runtimes import RUNTIMES, Runner
 
@@ -1521,6 +1521,7 @@ def bench_command(
     print_report(report)
     if not report.rows:
         print(f"nothing was measured; reports in {out_dir} left as they were")
+        _fail_on_tampered(report)
         return report
     write_outputs(report, out_dir)
     print(f"wrote {out_dir / BENCH_JSON}, {BENCH_MD}, {BENCH_PNG}")
@@ -1534,4 +1535,21 @@ def bench_command(
                 f"{len(regressed)} row(s) regressed by more than "
                 f"{regression_threshold:.0%} beyond noise against {compare}: {names}"
             )
+    _fail_on_tampered(report)
     return report
+
+
+def _fail_on_tampered(report: BenchReport) -> None:
+    """Exit 1 (after the reports) when an artifact did not match its manifest's sha256.
+
+    A tampered or corrupt artifact is listed as skipped so the other runtimes are still
+    measured, but the command must not succeed as if nothing were wrong.
+    """
+    prefix = f"load failed: {IntegrityError.__name__}: "
+    tampered = sorted(
+        {s.reason[len(prefix) :] for s in report.skipped if s.reason.startswith(prefix)}
+    )
+    if tampered:
+        raise CheckFailedError(
+            f"{len(tampered)} artifact(s) failed their checksum: {'; '.join(tampered)}"
+        )
