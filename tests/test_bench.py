@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolkit import bench as B
-from toolkit.errors import CheckFailedError, UsageError
+from toolkit.errors import CheckFailedError, DataError, UsageError
 from toolkit.models import build_model
 from toolkit.runtimes import RUNTIMES, Runner
 
@@ -418,8 +418,10 @@ def test_report_json_round_trip(tmp_path: Path) -> None:
     again = B.BenchReport.load(path)
     assert again.rows[0].p50_us == pytest.approx(report.rows[0].p50_us)
     path.write_text("[]")
-    with pytest.raises(UsageError):
+    with pytest.raises(DataError):  # a bad input file: exit 1, as the README says
         B.BenchReport.load(path)
+    with pytest.raises(DataError, match="no benchmark report"):
+        B.BenchReport.load(path.with_name("missing.json"))
 
 
 # -- outputs -------------------------------------------------------------------------------

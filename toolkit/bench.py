@@ -52,7 +52,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.errors import CheckFailedError, IntegrityError, ToolkitError, UsageError, first_line
+from toolkit.errors import (
+    CheckFailedError,
+    DataError,
+    IntegrityError,
+    ToolkitError,
+    UsageError,
+    first_line,
+)
 from toolkit.manifest import default_exports_dir
 from toolkit.runtimes import RUNTIMES, Runner
 
@@ -494,14 +501,14 @@ class BenchReport:
 
     @classmethod
     def load(cls, path: str | Path) -> BenchReport:
-        """Read a ``bench.json``; raise :class:`UsageError` for a missing or invalid file."""
+        """Read a ``bench.json``; raise :class:`DataError` for a missing or invalid file."""
         path = Path(path)
         try:
             return cls.from_json(json.loads(path.read_text()))
         except FileNotFoundError:
-            raise UsageError(f"no benchmark report at {path}") from None
+            raise DataError(f"no benchmark report at {path}") from None
         except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
-            raise UsageError(f"{path} is not a bench.json report ({exc})") from None
+            raise DataError(f"{path} is not a bench.json report ({exc})") from None
 
     def row(self, runtime: str, device: str, batch: int, format: str | None = None) -> BenchRow:
         """The row of ``runtime`` (and ``format``) at (device, batch); KeyError if absent."""
@@ -656,9 +663,9 @@ def read_input_file(path: str | Path, input_shape: tuple[int, ...]) -> torch.Ten
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise UsageError(f"--inputs {path}: no such file") from None
+        raise DataError(f"--inputs {path}: no such file") from None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--inputs {path}: not a readable .npy array ({exc})") from None
+        raise DataError(f"--inputs {path}: not a readable .npy array ({exc})") from None
     return check_inputs(array, input_shape)
 
 

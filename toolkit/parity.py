@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from toolkit.atomic import clean_stale_partials
-from toolkit.errors import CheckFailedError, ToolkitError, UsageError
+from toolkit.errors import CheckFailedError, DataError, ToolkitError, UsageError
 from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file
 
 #: Added to ``|ref|`` in reported relative differences, so zeros do not divide by zero.
@@ -413,12 +413,12 @@ def read_inputs(source: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
 
 def _load_input_file(path: Path) -> Any:
     if not path.is_file():
-        raise UsageError(f"inputs {path}: no such file")
+        raise DataError(f"inputs {path}: no such file")
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise UsageError(f"inputs {path}: not a readable .npy array ({exc})") from None
+            raise DataError(f"inputs {path}: not a readable .npy array ({exc})") from None
     if path.suffix == ".pt":
         from toolkit.reload import read_torch_file
 
