@@ -317,3 +317,21 @@ def test_empty_paths_are_refused(argv: list[str], tmp_path: Path) -> None:
     proc = run_cli(*argv, cwd=tmp_path)
     assert_one_line_error(proc, 2, "must not be empty")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_messages_name_what_is_wrong_with_a_path(tmp_path: Path) -> None:
+    (tmp_path / "junk.ckpt").write_text("junk\n")
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["evaluate", "--checkpoint", str(tmp_path)], 1, "is a folder; give the weights file"),
+        (["export", "--checkpoint", str(tmp_path / "junk.ckpt")], 1, "not a readable torch file"),
+        (["export"], 2, "required: --checkpoint (see toolkit export --help)"),
+        (["train", "--output_dir", str(tmp_path / "file")], 1, "it is a file, not a folder"),
+    ]
+    for argv, code, fragment in cases:
+        assert_one_line_error(run_cli(*argv), code, fragment)
+    assert (
+        run_cli("export", "--checkpoint", str(tmp_path / "junk.ckpt"))
+        .stderr.strip()
+        .endswith("not a readable torch file")
+    )  # no bare unpickler opcode after it

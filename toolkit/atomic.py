@@ -39,6 +39,8 @@ def output_error(path: Path, exc: OSError) -> OutputError:
 def ensure_writable_dir(folder: str | Path) -> Path:
     """Create ``folder`` if needed and check, by creating a file, that it is writable."""
     folder = Path(folder)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise OutputError(f"cannot write {folder}: it is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # A real probe: os.access() says yes to root even on read-only folders.

@@ -660,6 +660,8 @@ def read_input_file(path: str | Path, input_shape: tuple[int, ...]) -> torch.Ten
     path = Path(path)
     if path.suffix != ".npy":
         raise UsageError(f"--inputs {path}: expected a .npy file")
+    if path.is_dir():
+        raise DataError(f"--inputs {path}: a folder, not a file")
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:

@@ -187,7 +187,10 @@ def _main(argv: list[str] | None) -> int:
             cfg = parser.parse_args(argv)
         except argparse.ArgumentError as exc:
             usage = f"toolkit {command} --help" if command else "toolkit --help"
-            print(f"toolkit: error: {_one_line(str(exc))} (see {usage})", file=sys.stderr)
+            message = _one_line(str(exc))
+            if command:  # jsonargparse names required options "<command>.<option>"
+                message = message.replace(f" {command}.", " --")
+            print(f"toolkit: error: {message} (see {usage})", file=sys.stderr)
             return 2
         if cfg.get("command") is None:
             parser.print_help()

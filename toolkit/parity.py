@@ -413,7 +413,9 @@ def read_inputs(source: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
 
 def _load_input_file(path: Path) -> Any:
     if not path.is_file():
-        raise DataError(f"inputs {path}: no such file")
+        raise DataError(
+            f"inputs {path}: {'a folder, not a file' if path.is_dir() else 'no such file'}"
+        )
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)

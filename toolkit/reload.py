@@ -32,8 +32,7 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         CheckpointError: the file is missing, truncated or not a torch file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no such file: {path}")
+    _check_is_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickled_file)
     except pickle.UnpicklingError as exc:
@@ -56,7 +55,16 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         # machine trips on (IndexError, TypeError, struct.error, ...). With weights_only the
         # unpickler builds nothing but tensors and containers, so any failure here means an
         # unreadable file, never a half-run object.
-        raise CheckpointError(f"{path} is not a readable torch file ({first_line(exc)})") from None
+        reason = first_line(exc)
+        detail = "" if reason.isdigit() else f" ({reason})"  # the unpickler's bare opcodes
+        raise CheckpointError(f"{path} is not a readable torch file{detail}") from None
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the weights file in it")
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -64,8 +72,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no such file: {path}")
+    _check_is_file(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
