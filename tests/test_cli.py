@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import run_cli
 
 
@@ -335,3 +336,14 @@ def test_messages_name_what_is_wrong_with_a_path(tmp_path: Path) -> None:
         .stderr.strip()
         .endswith("not a readable torch file")
     )  # no bare unpickler opcode after it
+
+
+def test_train_help_says_which_trainer_defaults_toolkit_changes() -> None:
+    from toolkit.train import _trainer
+
+    proc = run_cli("train", "--help")
+    text = " ".join(proc.stdout.split())
+    assert "toolkit's defaults differ: deterministic true; enable_checkpointing false" in text
+    trainer = _trainer(None, 1, 42, {"enable_progress_bar": False})  # what the text claims
+    assert trainer.checkpoint_callback is None and trainer.logger is None
+    assert torch.are_deterministic_algorithms_enabled()

@@ -34,6 +34,14 @@ COMMANDS: dict[str, str] = {
 _PATH_OPTIONS = (
     "checkpoint", "weights", "output_dir", "exports", "data_dir", "compare", "inputs",
 )  # fmt: skip
+#: What ``train --help`` says above Lightning's own option texts.
+_TRAINER_HELP = (
+    "Any lightning.Trainer option. The texts below are Lightning's; toolkit's defaults "
+    "differ: deterministic true; enable_checkpointing false (toolkit writes model.ckpt "
+    "itself); logger: a CSVLogger in the run folder; enable_progress_bar and "
+    "enable_model_summary true only on a terminal (a bar redrawn at most every 0.1 s); "
+    "profiler: one that records nothing."
+)
 #: Trainer options that ``train`` sets itself or takes as its own arguments.
 _TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
 
@@ -100,6 +108,9 @@ def build_parser(only: str | None = None) -> Any:
             sub.add_class_arguments(
                 L.Trainer, "trainer", skip=_TRAINER_SKIP, instantiate=False, fail_untyped=False
             )
+            group = getattr(sub, "groups", {}).get("trainer")
+            if group is not None:  # the texts below are Lightning's, so are their defaults
+                group.description = _TRAINER_HELP
         subcommands.add_subcommand(name, sub, help=_summary(fn))
     return parser
 
