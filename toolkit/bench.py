@@ -626,10 +626,7 @@ def discover_runtimes(
                 skipped.append(Skipped(name, "*", f"no {name} artifact in {exports}", name))
                 continue
             if name not in RUNTIMES:
-                raise UsageError(
-                    f"unknown runtime or format '{name}'; runtimes: "
-                    f"{', '.join(RUNTIMES.names())}; formats: {', '.join(FORMATS.names())}"
-                )
+                raise _unknown_runtime(name)
             skipped.append(Skipped(name, "*", f"no artifact in {exports} runs on '{name}'"))
     return specs, skipped
 
@@ -1362,11 +1359,17 @@ def _split_names(runtimes: Sequence[str] | str) -> list[str] | None:
         raise UsageError("no runtime given; pass --runtimes all or names such as eager,onnx")
     for name in names:
         if name != "all" and name not in RUNTIMES and name not in FORMATS.names():
-            raise UsageError(
-                f"unknown runtime or format '{name}'; runtimes: "
-                f"{', '.join(RUNTIMES.names())}; formats: {', '.join(FORMATS.names())}"
-            )
+            raise _unknown_runtime(name)
     return None if "all" in names else names
+
+
+def _unknown_runtime(name: str) -> UsageError:
+    from toolkit.formats import FORMATS
+
+    return UsageError(
+        f"unknown runtime or format '{name}'; runtimes: "
+        f"{', '.join(RUNTIMES.names())}; formats: {', '.join(FORMATS.names())}"
+    )
 
 
 def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
