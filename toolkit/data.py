@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from toolkit.atomic import output_error
+from toolkit.atomic import leftover_name, output_error
 from toolkit.errors import DataError, UnknownNameError, UsageError, first_line
 
 #: Registered data sets: CLI name → torchvision class name (also the cache sub-folder).
@@ -80,8 +80,8 @@ def _find_files(folder: Path, class_name: str) -> dict[str, Path] | None:
     """Map each IDX name to a plain or ``.gz`` file in ``folder`` (flat, or torchvision's
     ``<folder>/<ClassName>/raw``), or None if any is missing."""
     for candidate in (folder, folder / class_name / "raw"):
-        found = _find_in(candidate)
-        if len(found) == len(IDX_FILES):
+        found = _complete(_find_in(candidate))
+        if found is not None:
             return found
     return None
 
@@ -129,7 +129,7 @@ def _unpack_one(src: Path, dst: Path) -> None:
     Errors reading ``src`` are a DataError; errors writing the cache (read-only, not a
     folder, disk full) are an OutputError naming the cache folder.
     """
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = leftover_name(dst, "tmp")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fout:
