@@ -44,5 +44,6 @@ lint: $(STAMP)
 bench: data
 	$(BIN)/python -m pytest --benchmark-only
 
+# Removes what `make run` and the benchmarks wrote; other runs and exports are kept.
 clean:
-	rm -rf runs exports/*/ .pytest_cache .benchmarks
+	rm -rf runs/$(RUN) exports/$(RUN) .pytest_cache .benchmarks
