@@ -347,3 +347,17 @@ def test_train_help_says_which_trainer_defaults_toolkit_changes() -> None:
     trainer = _trainer(None, 1, 42, {"enable_progress_bar": False})  # what the text claims
     assert trainer.checkpoint_callback is None and trainer.logger is None
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_list_option_given_twice_is_refused(tmp_path: Path) -> None:
+    cases = [
+        (["export", "--checkpoint", "x.ckpt", "--format", "onnx", "--format=torchscript"],
+         "--format was given more than once; list all values in one, e.g. --format onnx,"),
+        (["bench", "--checkpoint", "x.ckpt", "--batch_sizes", "1", "--batch_sizes", "8"],
+         "--batch_sizes was given more than once"),
+        (["bench", "--checkpoint", "x.ckpt", "--runtimes", "eager", "--runtimes", "onnxruntime"],
+         "--runtimes was given more than once"),
+    ]  # fmt: skip
+    for argv, fragment in cases:
+        assert_one_line_error(run_cli(*argv, cwd=tmp_path), 2, fragment)
+    assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
 _PATH_OPTIONS = (
     "checkpoint", "weights", "output_dir", "exports", "data_dir", "compare", "inputs",
 )  # fmt: skip
+#: Options that take several values in one (``--format onnx,torchscript``): given twice, the
+#: second would silently replace the first, where a user may expect both.
+_LIST_OPTIONS = {"export": ("format",), "bench": ("runtimes", "batch_sizes", "device")}
 #: What ``train --help`` says above Lightning's own option texts.
 _TRAINER_HELP = (
     "Any lightning.Trainer option. The texts below are Lightning's; toolkit's defaults "
@@ -173,6 +176,30 @@ def _bool_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _check_repeated_lists(command: str | None, argv: list[str]) -> None:
+    """Refuse a list option given more than once (``--format onnx --format torchscript``)."""
+    lists = _LIST_OPTIONS.get(command or "", ())
+    seen: set[str] = set()
+    for arg in argv:
+        name = arg.split("=", 1)[0][2:] if arg.startswith("--") else None
+        if name not in lists:
+            continue
+        if name in seen:
+            raise UsageError(
+                f"--{name} was given more than once; list all values in one, "
+                f"e.g. --{name} {_LIST_EXAMPLES[name]}"
+            )
+        seen.add(name)
+
+
+_LIST_EXAMPLES = {
+    "format": "onnx,torchscript",
+    "runtimes": "eager,onnxruntime",
+    "batch_sizes": "1,64",
+    "device": "cpu,cuda",
+}
+
+
 def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
@@ -193,6 +220,7 @@ def _main(argv: list[str] | None) -> int:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)
         command = next((a for a in argv if a in COMMANDS), None)
+        _check_repeated_lists(command, argv)
         parser = build_parser(only=command)
         try:
             cfg = parser.parse_args(argv)
