@@ -327,6 +327,7 @@ def test_messages_name_what_is_wrong_with_a_path(tmp_path: Path) -> None:
         (["evaluate", "--checkpoint", str(tmp_path)], 1, "is a folder; give the weights file"),
         (["export", "--checkpoint", str(tmp_path / "junk.ckpt")], 1, "not a readable torch file"),
         (["export"], 2, "required: --checkpoint (see toolkit export --help)"),
+        (["verify", "--checkpoint", str(tmp_path / "gone.ckpt")], 1, "no such file: "),
         (["train", "--output_dir", str(tmp_path / "file")], 1, "it is a file, not a folder"),
     ]
     for argv, code, fragment in cases:

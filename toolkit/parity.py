@@ -1169,6 +1169,9 @@ def verify_command(
         }
     )
     threads = check_threads(threads)
+    from toolkit.reload import check_is_file
+
+    check_is_file(checkpoint)  # before the exports folder, which is named after it
     folder = Path(exports) if exports is not None else default_exports_dir(checkpoint)
     if not folder.is_dir():
         raise UsageError(

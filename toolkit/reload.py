@@ -32,7 +32,7 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         CheckpointError: the file is missing, truncated or not a torch file.
     """
     path = Path(path)
-    _check_is_file(path)
+    check_is_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickled_file)
     except pickle.UnpicklingError as exc:
@@ -60,7 +60,9 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         raise CheckpointError(f"{path} is not a readable torch file{detail}") from None
 
 
-def _check_is_file(path: Path) -> None:
+def check_is_file(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is an existing file (not a folder)."""
+    path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the weights file in it")
     if not path.is_file():
@@ -72,7 +74,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    _check_is_file(path)
+    check_is_file(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
