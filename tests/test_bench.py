@@ -188,6 +188,9 @@ def test_bench_rows_threads_rounds_and_fake_runner(mlp: torch.nn.Module) -> None
     assert fake.p50_us >= SleepRunner.delay * 1e6  # it slept in every timed call
     assert fake.parity_source == "quick-check"
     assert [v.batch for v in report.verdicts] == [1, 4]
+    for verdict in report.verdicts:  # eager beats a 0.5 ms sleep by far: not a tie
+        assert (verdict.runtime, verdict.runner_up, verdict.tied) == ("eager", "fake-sleep", False)
+        assert verdict.runner_up_ci[0] > 1.0 and "faster than fake-sleep" in verdict.text
 
 
 def test_include_copies_is_stated(mlp: torch.nn.Module) -> None:
@@ -274,6 +277,27 @@ def test_verdict_picks_the_fastest_passing_runtime() -> None:
     assert verdict.excluded_faster == ["fast-but-wrong (fail)", "unchecked (unchecked)"]
     (none,) = B.choose_verdicts([_row("x", 1.0, "FAIL")], ["cpu"], [1])
     assert none.runtime is None and "no runtime passed" in none.text
+
+
+def test_verdict_says_whether_the_winner_beats_the_runner_up() -> None:
+    rng = np.random.default_rng(0)
+
+    def rounds(p50: float) -> list[np.ndarray]:
+        return [rng.normal(p50, p50 * 0.02, 400) for _ in range(3)]
+
+    rows = [_row("eager", 100.0), _row("a", 20.0), _row("b", 20.0), _row("c", 30.0)]
+    samples = {r.key: rounds(20.0 if r.runtime in "ab" else r.p50_us) for r in rows}
+    (tied,) = B.choose_verdicts(rows, ["cpu"], [1], samples)
+    assert {tied.runtime, tied.runner_up} == {"a", "b"} and tied.tied is True
+    assert tied.runner_up_ci[0] <= 1.0 <= tied.runner_up_ci[1]
+    assert f"tied with {tied.runner_up} within noise" in tied.text
+    rows = [r for r in rows if r.runtime != "b"]
+    (clear,) = B.choose_verdicts(rows, ["cpu"], [1], samples)
+    assert (clear.runtime, clear.runner_up, clear.tied) == ("a", "c", False)
+    assert clear.runner_up_ratio == pytest.approx(1.5, rel=0.03)
+    assert clear.runner_up_ci[0] > 1.0 and "1.50x faster than c [CI" in clear.text
+    (alone,) = B.choose_verdicts([_row("eager", 100.0, "FAIL"), rows[1]], ["cpu"], [1], samples)
+    assert alone.runner_up is None and alone.tied is None and "tied" not in alone.text
 
 
 def test_faster_failing_runtime_is_not_chosen_end_to_end(mlp: torch.nn.Module) -> None:

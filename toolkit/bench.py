@@ -43,7 +43,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -466,6 +466,13 @@ class Verdict:
     speedup_ci: list[float] | None
     excluded_faster: list[str]
     text: str
+    #: The next-fastest runtime that passed parity, and how many times slower it is than
+    #: this one (median ratio, bootstrap CI). ``tied`` when the CI includes 1: the two
+    #: cannot be told apart on this machine, so the choice between them is noise.
+    runner_up: str | None = None
+    runner_up_ratio: float | None = None
+    runner_up_ci: list[float] | None = None
+    tied: bool | None = None
 
 
 @dataclasses.dataclass
@@ -1013,12 +1020,17 @@ def _fmt_us(value: float) -> str:
 
 
 def choose_verdicts(
-    rows: Sequence[BenchRow], devices: Sequence[str], batch_sizes: Sequence[int]
+    rows: Sequence[BenchRow],
+    devices: Sequence[str],
+    batch_sizes: Sequence[int],
+    samples: Mapping[tuple[str, str | None, str, int], Sequence[np.ndarray]] | None = None,
 ) -> list[Verdict]:
     """For each (device, batch): the fastest (lowest p50) row whose parity is PASS.
 
     A faster row whose parity failed or was not checked is never chosen; it is named in
-    ``excluded_faster``.
+    ``excluded_faster``. With the per-round ``samples`` of the rows (by ``row.key``), the
+    winner is also compared with the next-fastest passing row by a bootstrap CI of their
+    p50 ratio, and the verdict says when the two are tied within noise.
     """
     verdicts = []
     for device in devices:
@@ -1048,6 +1060,24 @@ def choose_verdicts(
                 speedup = 1.0 / best.ratio_to_eager
                 ci = [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]]
                 text += f", {speedup:.2f}x eager [CI {ci[0]:.2f}–{ci[1]:.2f}]"
+            runner = next((r for r in here if r.parity == PASS and r is not best), None)
+            versus: dict[str, Any] = {}
+            if runner is not None and samples and best.key in samples and runner.key in samples:
+                ratio, lo, hi = bootstrap_ratio_ci(samples[runner.key], samples[best.key])
+                tied = lo <= 1.0
+                versus = {
+                    "runner_up": runner.label,
+                    "runner_up_ratio": ratio,
+                    "runner_up_ci": [lo, hi],
+                    "tied": tied,
+                }
+                if tied:
+                    text += (
+                        f"; tied with {runner.label} within noise "
+                        f"({ratio:.2f}x [CI {lo:.2f}–{hi:.2f}])"
+                    )
+                else:
+                    text += f"; {ratio:.2f}x faster than {runner.label} [CI {lo:.2f}–{hi:.2f}]"
             if excluded:
                 text += f"; faster but not passing: {', '.join(excluded)}"
             verdicts.append(
@@ -1061,6 +1091,7 @@ def choose_verdicts(
                     ci,
                     excluded,
                     text,
+                    **versus,
                 )
             )
     return verdicts
@@ -1152,6 +1183,7 @@ def bench(
     say = progress or (lambda _line: None)
     all_skipped = list(skipped)
     rows: list[BenchRow] = []
+    samples: dict[tuple[str, str | None, str, int], list[np.ndarray]] = {}
     clocks: dict[str, str] = {}
     for device in device_list:
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -1170,6 +1202,7 @@ def bench(
                 parity or {},
                 all_skipped,
                 say,
+                samples,
             )
         for row in device_rows:
             clocks.setdefault(f"{device}:{row.runtime}", row.clock)
@@ -1197,7 +1230,7 @@ def bench(
         batch_sizes=sizes,
         rows=rows,
         skipped=all_skipped,
-        verdicts=choose_verdicts(rows, device_list, sizes),
+        verdicts=choose_verdicts(rows, device_list, sizes, samples),
         parity_source="",
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -1214,6 +1247,7 @@ def _bench_device(
     parity: dict[tuple[str, str | None, str], tuple[str, str]],
     skipped: list[Skipped],
     say: Callable[[str], None],
+    samples: dict[tuple[str, str | None, str, int], list[np.ndarray]],
 ) -> list[BenchRow]:
     lives, load_skips = _load_runners(device, specs, shape, threads)
     skipped += load_skips
@@ -1225,7 +1259,8 @@ def _bench_device(
             batch_rows = [_row(live, device, batch, protocol) for live in ready]
             _add_ratios(batch_rows, {live.spec.label: live for live in ready})
             rows += batch_rows
-            for live in ready:
+            for live, row in zip(ready, batch_rows, strict=True):
+                samples[row.key] = live.rounds  # for the verdict's runner-up comparison
                 live.rounds, live.wall_rounds = [], []
         # After the sweep, so that first calls were really cold (compile, capture).
         check_batch = min(sizes, key=lambda b: abs(b - QUICK_CHECK_BATCH))
