@@ -646,6 +646,7 @@ def test_cli_exports_listed_formats(tmp_path: Path, trained_run: Path) -> None:
     lines = proc.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == ["onnx", "torchscript"]
     assert "model.onnx" in lines[0] and "MiB" in lines[0] and lines[0].endswith(" s")
+    assert len({ln.index("MiB") for ln in lines}) == 1  # the columns line up
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["source_sha256"] == sha256_file(checkpoint)
     assert manifest["network"] == "mlp"

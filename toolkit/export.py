@@ -515,10 +515,12 @@ def export_command(
         },
         **options,
     )
-    for name, manifest in manifests.items():
+    files = {name: str(out_dir / name / m.model_file) for name, m in manifests.items()}
+    width = max(map(len, files.values()), default=0)
+    for name, manifest in manifests.items():  # one aligned line per format
         size = sum(f.size for f in manifest.files)
         print(
-            f"{name:<17} {out_dir / name / manifest.model_file}  "
+            f"{name:<17} {files[name]:<{width}}  "
             f"{size / 2**20:8.2f} MiB  {manifest.export_seconds:6.2f} s"
         )
     return manifests
