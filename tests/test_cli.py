@@ -48,12 +48,14 @@ def test_train_then_evaluate(tmp_path: Path, idx_dir: Path) -> None:
     proc = run_cli(*_train_args(idx_dir, tmp_path, "--run_name", "cli"))
     assert proc.returncode == 0, proc.stderr
     assert "transfer_batch_to_device" not in proc.stderr  # toolkit's own hook: no warning
+    assert "GPU available" in proc.stderr and "litlogger" not in proc.stderr  # no advert
     info = json.loads((tmp_path / "cli" / "run.json").read_text())
     assert info["data_dir"] == str(idx_dir.resolve())
     # without --data_dir, evaluate scores the data the run was trained on (run.json)
     proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"))
     assert proc.returncode == 0, proc.stderr
     assert f"Test Acc {info['test_acc'] * 100:.2f}%" in proc.stdout.splitlines()[-1]
+    assert "litlogger" not in proc.stderr
     bogus = ["--accelerator", "bogus", "--data_dir", str(idx_dir)]
     proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "cli" / "model.ckpt"), *bogus)
     assert_one_line_error(proc, 2, "bad --accelerator 'bogus'", "invalid accelerator name")

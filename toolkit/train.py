@@ -6,6 +6,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -47,6 +48,16 @@ from toolkit.errors import (
 from toolkit.models import build_model, input_shape_of
 from toolkit.module import LightningModel
 from toolkit.reload import RUN_INFO, load_lightning_model, load_network
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    """Drop Lightning's "💡 Tip: … try installing litlogger" line, printed by every Trainer."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
+# rank_zero_info logs to one of these two, whichever Lightning module was imported last.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_not_an_advert)
 
 #: File names inside a run folder.
 CHECKPOINT, WEIGHTS, SAFETENSORS = "model.ckpt", "model.pt", "model.safetensors"
