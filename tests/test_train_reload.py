@@ -550,12 +550,22 @@ def test_ctrl_c_while_training_raises_keyboard_interrupt(tmp_path: Path, idx_dir
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-def test_evaluate_refuses_model_options_with_a_checkpoint(run, idx_dir: Path) -> None:
-    ckpt = str(Path(run.run_dir) / "model.ckpt")
-    with pytest.raises(UsageError, match="apply to --weights only"):
-        evaluate(checkpoint=ckpt, model="cnn", data_dir=str(idx_dir))
-    with pytest.raises(UsageError, match="apply to --weights only"):
-        evaluate(checkpoint=ckpt, model_kwargs={"num_classes": 10}, data_dir=str(idx_dir))
+def test_evaluate_a_checkpoint_that_does_not_record_its_network(
+    run, idx_dir: Path, tmp_path: Path
+) -> None:
+    """A .ckpt of the tutorial's own LightningModel: hparams without the network name."""
+    checkpoint = torch.load(Path(run.run_dir) / "model.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"] = {"learning_rate": 0.001}
+    tutorial = tmp_path / "tutorial.ckpt"
+    torch.save(checkpoint, tutorial)
+    with pytest.raises(UsageError, match=r"does not record its network; pass --model NAME"):
+        evaluate(checkpoint=str(tutorial), data_dir=str(idx_dir))
+    scores = evaluate(checkpoint=str(tutorial), model="mlp", data_dir=str(idx_dir))
+    assert scores["test_acc"] == pytest.approx(run.test_acc)
+    with pytest.raises(CheckpointError, match="does not fit network"):
+        evaluate(checkpoint=str(tutorial), model="cnn", data_dir=str(idx_dir))
+    with pytest.raises(CheckpointError, match="does not fit network"):
+        evaluate(checkpoint=str(tutorial), model="mlp", model_kwargs={"num_classes": 5})
 
 
 @pytest.mark.parametrize("accelerator", ["bogus", "tpu"])

@@ -225,7 +225,10 @@ def load_lightning_model(
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
     hparams = obj.get("hyper_parameters") or {}
     if model is None and hparams.get("network") is None:
-        raise UsageError(f"{path} does not record its network; pass model=... (the tutorial's way)")
+        raise UsageError(
+            f"{path} does not record its network; pass --model NAME (e.g. mlp), or "
+            "model=... in Python (the tutorial's way)"
+        )
     net = (
         model
         if model is not None

@@ -693,8 +693,9 @@ def evaluate(
     """Evaluate a trained model with ``trainer.test`` and print the tutorial's line.
 
     Give either ``checkpoint`` (a ``.ckpt``, loaded with ``load_from_checkpoint``) or
-    ``weights`` (a state_dict ``.pt`` or ``.safetensors``; ``model`` names the network when
-    the file does not record it; ``model_kwargs`` override the kwargs it records).
+    ``weights`` (a state_dict ``.pt`` or ``.safetensors``). ``model`` names the network when
+    the file does not record it (a tutorial state_dict or ``.ckpt``); ``model_kwargs``
+    override the kwargs it records.
     ``batch_size`` is the evaluation batch; it changes no accuracy, and 1000 takes far fewer
     Lightning steps than the tutorial's 64. The network must take the data set's samples
     and give one score per class. Without ``dataset`` and ``data_dir``, the data set and
@@ -703,7 +704,7 @@ def evaluate(
     Args:
         checkpoint: A Lightning .ckpt (loaded with load_from_checkpoint).
         weights: A state_dict .pt or .safetensors file, instead of a checkpoint.
-        model: Registry name of the network, for weights that do not record it.
+        model: Registry name of the network, for a file that does not record it.
         model_kwargs: Constructor kwargs of the network (override what the file records).
         dataset: fashion-mnist, mnist or kmnist (default: the run's, else fashion-mnist).
         data_dir: Folder with the IDX files (default: the run's, else the usual lookup).
@@ -717,15 +718,21 @@ def evaluate(
     """
     if (checkpoint is None) == (weights is None):
         raise UsageError("give exactly one of --checkpoint PATH or --weights PATH")
-    if checkpoint is not None and (model is not None or model_kwargs):
-        raise UsageError(
-            "--model and --model_kwargs apply to --weights only; a checkpoint records its "
-            "network (pass --weights PATH to rebuild it differently)"
-        )
     if checkpoint is not None:
-        lightning_model = load_lightning_model(checkpoint, trust_pickled_file=trust_pickled_file)
+        # A network named here is built and passed in, the tutorial's
+        # load_from_checkpoint(path, model=net): a tutorial .ckpt does not record it.
+        given = (
+            load_network(checkpoint, model, model_kwargs, trust_pickled_file)
+            if model is not None or model_kwargs
+            else None
+        )
+        lightning_model = load_lightning_model(
+            checkpoint, model=given, trust_pickled_file=trust_pickled_file
+        )
         source = Path(checkpoint)
-        name = str(lightning_model.hparams.get("network") or type(lightning_model.model).__name__)
+        name = model or str(
+            lightning_model.hparams.get("network") or type(lightning_model.model).__name__
+        )
     else:
         net = load_network(weights, model, model_kwargs, trust_pickled_file)  # type: ignore[arg-type]
         lightning_model = LightningModel(model=net)
