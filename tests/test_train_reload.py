@@ -194,6 +194,25 @@ def test_progress_bar_is_throttled_unless_the_user_sets_one() -> None:
         _trainer(None, 1, 0, {"callbacks": own, "enable_progress_bar": False})
 
 
+def test_a_line_per_epoch_when_no_bar_is_shown(
+    idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal (as under pytest) each finished epoch prints one line on stderr."""
+    common = {"model": "mlp", "data_dir": str(idx_dir), "output_dir": str(tmp_path)}
+    train(**common, max_epochs=2, run_name="a", trainer={"accelerator": "cpu", "devices": 1})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split("  ")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    for line in lines:
+        assert re.fullmatch(
+            r"epoch \d/2  train_loss \d\.\d{4}  train_acc \d+\.\d\d%  "
+            r"val_loss \d\.\d{4}  val_acc \d+\.\d\d%  \d+\.\d s",
+            line,
+        ), line
+    quiet = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+    train(**common, max_epochs=1, run_name="b", trainer=quiet)
+    assert "epoch 1/1" not in capsys.readouterr().err  # the user turned progress off
+
+
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
     from toolkit.train import ThrottledProgressBar
 

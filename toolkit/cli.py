@@ -42,7 +42,8 @@ _TRAINER_HELP = (
     "Any lightning.Trainer option. The texts below are Lightning's; toolkit's defaults "
     "differ: deterministic true; enable_checkpointing false (toolkit writes model.ckpt "
     "itself); logger: a CSVLogger in the run folder; enable_progress_bar and "
-    "enable_model_summary true only on a terminal (a bar redrawn at most every 0.1 s); "
+    "enable_model_summary true only on a terminal (a bar redrawn at most every 0.1 s; "
+    "off a terminal, a line per epoch); "
     "profiler: one that records nothing."
 )
 #: Trainer options that ``train`` sets itself or takes as its own arguments.

@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Checkpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -285,6 +285,54 @@ class ThrottledProgressBar(TQDMProgressBar):
         return True
 
 
+class EpochLines(Callback):
+    """One line per finished epoch on stderr, for runs with no progress bar to show.
+
+    Off a terminal (a log file, CI, ``make run | tee``) toolkit turns Lightning's bar off;
+    without this a long run would print nothing until it ends. Each line gives the epoch,
+    the epoch's logged metrics and the time since fit started. Rank zero only.
+
+    Args:
+        file: Where the lines go (default: ``sys.stderr`` at print time).
+    """
+
+    #: Metrics shown, in this order, when logged; accuracies as percentages.
+    SHOWN = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+    def __init__(self, file: Any = None) -> None:
+        self.file = file
+        self._start = time.perf_counter()
+        self._shown_epochs = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        self._start = time.perf_counter()
+        self._shown_epochs = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the epoch before this one: its epoch-end metrics are all logged by now."""
+        self._print_done(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the last epoch."""
+        self._print_done(trainer)
+
+    def _print_done(self, trainer: L.Trainer) -> None:
+        done = trainer.fit_loop.epoch_progress.current.completed
+        if done <= self._shown_epochs or not trainer.is_global_zero:
+            return
+        self._shown_epochs = done
+        total = f"/{trainer.max_epochs}" if (trainer.max_epochs or -1) >= 0 else ""
+        parts = [f"epoch {done}{total}"]
+        for key in self.SHOWN:
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                value = float(value)
+                parts.append(f"{key} {value:.2%}" if key.endswith("acc") else f"{key} {value:.4f}")
+        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        print("  ".join(parts), file=self.file or sys.stderr, flush=True)
+
+
 class NoProfiler(PassThroughProfiler):
     """Lightning's default profiler (which records nothing) without its generator frames.
 
@@ -338,6 +386,8 @@ def _trainer(
     if settings["enable_progress_bar"] and not own_bar:
         # Lightning's default bar redraws and recomputes its metrics every step.
         settings["callbacks"] = [*callbacks, ThrottledProgressBar()]
+    elif "enable_progress_bar" not in options:  # off a terminal: a line per epoch instead
+        settings["callbacks"] = [*callbacks, EpochLines()]
     L.seed_everything(seed, verbose=False)
     try:
         return L.Trainer(**settings)
