@@ -300,6 +300,20 @@ def test_verdict_says_whether_the_winner_beats_the_runner_up() -> None:
     assert alone.runner_up is None and alone.tied is None and "tied" not in alone.text
 
 
+def test_printed_verdicts_are_not_wrapped_in_a_log() -> None:
+    import io
+
+    from toolkit.bench_report import print_report
+
+    rows = [_row("eager", 100.0, ratio=1.0, ci=[0.99, 1.01]), _row("x" * 40, 20.0, format="y")]
+    report = B.BenchReport({}, {}, ["cpu"], [1], rows, [], [], "")
+    report.verdicts = B.choose_verdicts(rows, ["cpu"], [1])
+    assert len(report.verdicts[0].text) > 80
+    out = io.StringIO()
+    print_report(report, file=out)
+    assert f"verdict {report.verdicts[0].text}" in out.getvalue().splitlines()
+
+
 def test_faster_failing_runtime_is_not_chosen_end_to_end(mlp: torch.nn.Module) -> None:
     report = B.bench(
         _specs(mlp, ("fake-wrong", WrongRunner)), SHAPE, "cpu", [8], threads=1, protocol=FAST

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.report import Column, markdown_table, number, print_table, rich_table
+from toolkit.report import Column, markdown_table, number, print_table, rich_table, table_width
 
 if TYPE_CHECKING:
     from toolkit.bench import BenchReport, RowChange
@@ -120,8 +120,9 @@ def print_report(report: BenchReport, file: Any = None) -> None:
     """Print the table, the skipped runtimes and the verdicts."""
     from rich.console import Console
 
-    console = Console(file=file, soft_wrap=False)
-    width = None if console.is_terminal else 220  # a log file gets the whole table
+    # Lines are never hard-wrapped: `grep verdict` on a log gets whole verdicts.
+    console = Console(file=file, soft_wrap=True)
+    width = table_width(file)
     title = f"toolkit bench: {report.network or 'network'}"
     table = rich_table(table_rows(report), columns(), title, _row_style)
     print_table(table, file=file, width=width)
@@ -246,9 +247,8 @@ def print_changes(changes: Sequence[RowChange], threshold: float, file: Any = No
         Column("ci", "95% CI"),
         Column("status", "status", justify="left"),
     ]
-    from rich.console import Console
 
     styles = {"regressed": "bold red", "improved": "green", "missing": "yellow"}
     title = f"change of p50 (regression: CI lower bound above +{threshold:.0%})"
     table = rich_table(change_rows(changes), cols, title, lambda r: styles.get(r["status"]))
-    print_table(table, file=file, width=None if Console(file=file).is_terminal else 220)
+    print_table(table, file=file, width=table_width(file))

@@ -1014,10 +1014,10 @@ def _row_style(row: dict[str, Any]) -> str | None:
 
 def print_report(report: ParityReport, file: Any = None) -> None:
     """Print the parity table and a one-line verdict (stdout by default)."""
-    from toolkit.report import print_table, rich_table
+    from toolkit.report import print_table, rich_table, table_width
 
     file = file or sys.stdout
-    width = None if getattr(file, "isatty", lambda: False)() else 200
+    width = table_width(file)
     title = (
         f"Parity vs {report.reference} — {_inputs_line(report)}; diffs are the max over "
         "all input sets (parity.md has them per set)"

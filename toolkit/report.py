@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,6 +78,18 @@ def rich_table(
         # Text, not str: cells like "onnx[onnxruntime-iobinding]" are not rich markup.
         table.add_row(*map(Text, row_cells), style=row_style(row) if row_style else None)
     return table
+
+
+#: Width of a table written to a log file or pipe: wide enough that no column is cut.
+LOG_WIDTH = 220
+
+
+def table_width(file: Any = None) -> int | None:
+    """Width for a table printed to ``file``: the terminal's (None: rich finds it), else
+    :data:`LOG_WIDTH`, so that a log keeps every column whole (``$COLUMNS`` as narrow as a
+    terminal would fold the cells of these wide tables into unreadable slivers)."""
+    stream = file or sys.stdout
+    return None if getattr(stream, "isatty", lambda: False)() else LOG_WIDTH
 
 
 def print_table(table: Any, file: Any = None, width: int | None = None) -> None:
