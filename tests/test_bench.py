@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -601,6 +602,22 @@ def test_bench_command_out_of_memory_is_one_error(
     assert not (tmp_path / "out" / "bench.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"threads": 0}, "--threads must be at least 1"),
+        ({"device": "tpu"}, "tpu"),
+        ({"batch_sizes": "0"}, "--batch_sizes must be positive"),
+    ],
+)
+def test_bench_options_are_checked_before_the_checkpoint_is_read(
+    tmp_path: Path, option: dict, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        B.bench_command(str(tmp_path / "missing.ckpt"), **option)
+    assert capsys.readouterr().err == ""  # nothing said before the one error
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_bench_on_cuda_alone_without_a_gpu_keeps_earlier_reports(
     trained_run: Path, tmp_path: Path
@@ -608,11 +625,13 @@ def test_bench_on_cuda_alone_without_a_gpu_keeps_earlier_reports(
     quick = _quick(trained_run, tmp_path)
     B.bench_command(**quick)
     before = (tmp_path / "out" / "bench.json").read_bytes()
-    report = B.bench_command(**quick, device="cuda")
-    assert report.rows == [] and any(s.device == "cuda" for s in report.skipped)
+    nothing = r"nothing was measured \(cuda: no CUDA device\); reports in "
+    with pytest.raises(CheckFailedError, match=nothing):
+        B.bench_command(**quick, device="cuda")
     assert (tmp_path / "out" / "bench.json").read_bytes() == before
     # Nothing measured: a new output folder is not even created.
-    B.bench_command(**{**quick, "output_dir": str(tmp_path / "new" / "out")}, device="cuda")
+    with pytest.raises(CheckFailedError, match="nothing was measured"):
+        B.bench_command(**{**quick, "output_dir": str(tmp_path / "new" / "out")}, device="cuda")
     assert not (tmp_path / "new").exists()
 
 

@@ -1487,10 +1487,11 @@ def bench_command(
         model_kwargs: Constructor kwargs of ``model``.
 
     Returns:
-        The :class:`BenchReport` (no files are written when nothing could be measured).
+        The :class:`BenchReport`.
 
     Raises:
-        CheckFailedError: ``compare`` found a regression (after the reports are written).
+        CheckFailedError: ``compare`` found a regression (after the reports are written),
+            or nothing could be measured (every device skipped; no files are written).
     """
     from toolkit.atomic import check_writable_dir, clean_stale_partials
     from toolkit.bench_report import print_changes, print_report
@@ -1498,7 +1499,9 @@ def bench_command(
     from toolkit.reload import load_network
 
     ckpt = Path(checkpoint)
-    batch_sizes = _split_ints(batch_sizes, "batch_sizes")
+    batch_sizes = _check_batch_sizes(_split_ints(batch_sizes, "batch_sizes"))
+    _parse_devices(device)  # every option is checked before anything is loaded or said
+    resolve_threads(threads)
     TimingProtocol(max_time=max_time).validate()  # as given, before min_time raises it
     protocol = TimingProtocol(
         warmup_calls=warmup_calls,
@@ -1565,11 +1568,15 @@ def bench_command(
         if verified
         else "quick check against eager on random inputs (run `toolkit verify` for real data)"
     )
-    print_report(report)
-    if not report.rows:
-        print(f"nothing was measured; reports in {out_dir} left as they were")
+    if not report.rows:  # every device was skipped: no table, no report, not a success
         _fail_on_tampered(report)
-        return report
+        reasons = "; ".join(
+            f"{skip.device}: {skip.reason}" for skip in report.skipped if skip.runtime == "*"
+        )
+        raise CheckFailedError(
+            f"nothing was measured ({reasons}); reports in {out_dir} left as they were"
+        )
+    print_report(report)
     write_outputs(report, out_dir)
     print(f"wrote {out_dir / BENCH_JSON}, {BENCH_MD}, {BENCH_PNG}")
     if old is not None:
