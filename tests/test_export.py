@@ -663,6 +663,19 @@ def test_cli_exports_all_formats_to_the_default_folder(tmp_path: Path, trained_r
     assert [ln.split()[0] for ln in proc.stdout.strip().splitlines()] == FORMATS.names()
 
 
+def test_default_exports_folder_is_the_run_or_the_loose_file(tmp_path: Path) -> None:
+    from toolkit.manifest import default_exports_dir
+
+    run = tmp_path / "runs" / "my-run"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    for name in ("model.ckpt", "model.pt", "model.safetensors"):
+        assert default_exports_dir(run / name) == Path("exports/my-run")
+    # tutorial files side by side: one exports folder each, named after the file
+    assert default_exports_dir(tmp_path / "lightning.pt") == Path("exports/lightning")
+    assert default_exports_dir(tmp_path / "other.pt") == Path("exports/other")
+
+
 def test_cli_unknown_format_is_one_line(tmp_path: Path, trained_run: Path) -> None:
     proc = run_cli(
         "export", "--checkpoint", str(trained_run / "model.ckpt"), "--format", "onx", cwd=tmp_path

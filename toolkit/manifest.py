@@ -18,18 +18,26 @@ from toolkit.errors import CheckpointError, IntegrityError
 MANIFEST_NAME = "manifest.json"
 #: Parent of the default exports folders, relative to the working directory.
 EXPORTS_DIR = "exports"
+#: The run description ``toolkit train`` writes into every run folder.
+RUN_INFO = "run.json"
 #: Marks the dynamic axis in ``input_shape``.
 BATCH_AXIS = "batch"
 
 
 def default_exports_dir(checkpoint: str | Path) -> Path:
-    """``exports/<run>``: where ``export`` writes and ``verify``/``bench`` read by default.
+    """``exports/<name>``: where ``export`` writes and ``verify``/``bench`` read by default.
 
-    ``<run>`` is the name of the folder holding the checkpoint, resolved, so
-    ``model.ckpt`` given from inside the run folder names the same folder as
-    ``runs/<run>/model.ckpt``.
+    For weights in a run folder (one holding ``run.json``, as ``toolkit train`` writes)
+    ``<name>`` is the run folder's name, resolved, so ``model.ckpt`` given from inside the
+    run folder names the same folder as ``runs/<run>/model.ckpt``, and the run's ``.ckpt``,
+    ``.pt`` and ``.safetensors`` share it. A weights file anywhere else (the tutorial's
+    ``lightning.pt``) gives its file name without suffix, so two such files in one folder
+    never share, or take each other's, exports.
     """
-    return Path(EXPORTS_DIR) / Path(checkpoint).resolve().parent.name
+    path = Path(checkpoint).resolve()
+    if (path.parent / RUN_INFO).is_file():
+        return Path(EXPORTS_DIR) / path.parent.name
+    return Path(EXPORTS_DIR) / path.stem
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

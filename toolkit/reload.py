@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from toolkit.errors import CheckpointError, UnsafeFileError, UsageError, first_line
+from toolkit.manifest import RUN_INFO
 from toolkit.models import build_model
 
-#: Name of the sidecar JSON written next to the weights by ``toolkit train``.
-RUN_INFO = "run.json"
 #: Prefix of the network's keys inside a LightningModel state_dict.
 MODEL_PREFIX = "model."
 
