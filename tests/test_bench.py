@@ -789,3 +789,24 @@ def test_cuda_graph_replays_match_eager(mlp: torch.nn.Module) -> None:
     x = torch.randn(4, *SHAPE)
     expected = mlp.cuda()(x.cuda()).detach().cpu().numpy()
     np.testing.assert_allclose(runner(x), expected, atol=1e-5)
+
+
+def test_artifacts_of_other_weights_are_not_benchmarked(trained_run: Path, tmp_path: Path) -> None:
+    from toolkit.export import export_command
+    from toolkit.manifest import weights_sha256
+    from toolkit.models import PyTorchMLP
+
+    torch.manual_seed(5)
+    other = tmp_path / "other.pt"
+    torch.save(PyTorchMLP(784, 10).state_dict(), other)
+    exports = tmp_path / "exports"
+    export_command(str(other), "torchscript", str(exports), model="mlp")
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+    with pytest.raises(UsageError, match=r"exported from other weights \(.*other\.pt\)"):
+        B.bench_command(**quick)
+    assert not (tmp_path / "out").exists()
+    network = PyTorchMLP(784, 10)
+    specs, skipped = B.discover_runtimes(network, exports, None, weights_sha256(network))
+    assert [s.runtime for s in specs if s.format] == []
+    (skip,) = [s for s in skipped if s.format == "torchscript"]
+    assert skip.reason.startswith("exported from other weights")

@@ -527,7 +527,7 @@ class FixedBatch(nn.Module):
 def test_eval_mode_is_set_and_reported(tmp_path: Path, capsys) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5)).train()
     manifest = export_model(model, inputs(4), "torchscript", tmp_path)["torchscript"]
-    assert "toolkit: put Sequential in eval mode for export" in capsys.readouterr().err
+    assert "export: put Sequential in eval mode for export" in capsys.readouterr().err
     assert not any(m.training for m in model.modules())
     assert manifest.input_shape == ["batch", 1, 28, 28]
     loaded = torch.jit.load(str(tmp_path / "torchscript" / "model.pt"))

@@ -754,3 +754,45 @@ def test_verify_uses_the_runs_data_folder(trained_run: Path, tmp_path: Path) -> 
     exports = _torchscript_export(trained_run, tmp_path / "exports")
     report = verify_command(str(trained_run / "model.ckpt"), str(exports), threads=1)
     assert report.samples == 120  # the run's own small test split, not Fashion-MNIST's 10,000
+
+
+# -- artifacts of other weights ----------------------------------------------------------------
+def test_artifacts_record_the_weights_of_every_reload_path(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from toolkit.export import export_command
+    from toolkit.manifest import weights_sha256
+    from toolkit.reload import load_network
+
+    (manifest,) = export_command(
+        str(trained_run / "model.ckpt"), "torchscript", str(tmp_path)
+    ).values()
+    for name in ("model.ckpt", "model.pt", "model.safetensors"):
+        assert weights_sha256(load_network(trained_run / name)) == manifest.weights_sha256
+    # so the run's .pt verifies the artifacts exported from its .ckpt
+    x = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    assert verify(trained_run / "model.pt", tmp_path, inputs=x).passed
+
+
+def test_artifacts_of_other_weights_are_refused_or_failed(tmp_path: Path) -> None:
+    from toolkit.export import export_command
+    from toolkit.models import PyTorchMLP
+
+    for seed, name in ((1, "a.pt"), (2, "b.pt")):
+        torch.manual_seed(seed)
+        torch.save(PyTorchMLP(784, 10).state_dict(), tmp_path / name)
+    exports = tmp_path / "exports"
+    export_command(str(tmp_path / "a.pt"), "onnx,torchscript", str(exports), model="mlp")
+    (exports / "parity.json").write_text('{"old": true}')
+    x = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    # every artifact from a.pt: the wrong folder for b.pt, refused before anything runs
+    with pytest.raises(UsageError, match=r"exported from other weights \(.*a\.pt\) than .*b\.pt"):
+        verify_command(str(tmp_path / "b.pt"), str(exports), model="mlp")
+    assert (exports / "parity.json").read_text() == '{"old": true}'
+    # a partial re-export: the stale format fails with the reason, the new one passes
+    export_command(str(tmp_path / "b.pt"), "onnx", str(exports), overwrite=True, model="mlp")
+    report = verify(tmp_path / "b.pt", exports, inputs=x, model="mlp")
+    status = {row.name: (row.status, row.error) for row in report.rows}
+    assert status["onnx"][0] == PASS
+    assert status["torchscript"][0] == "FAIL"
+    assert "exported from other weights" in status["torchscript"][1]

@@ -562,7 +562,10 @@ def _wanted(runtime: str, fmt: str | None, wanted: set[str] | None) -> bool:
 
 
 def discover_runtimes(
-    model: nn.Module, exports: Path | None, runtimes: Sequence[str] | None = None
+    model: nn.Module,
+    exports: Path | None,
+    runtimes: Sequence[str] | None = None,
+    weights: str | None = None,
 ) -> tuple[list[RuntimeSpec], list[Skipped]]:
     """The runtimes to benchmark: the network's own ones plus every artifact in ``exports``.
 
@@ -571,11 +574,13 @@ def discover_runtimes(
         exports: Folder of artifact folders (``<format>/manifest.json``), or None.
         runtimes: Runtime or format names to keep (None: all). Eager is always kept: it is
             the reference of every ratio.
+        weights: ``weights_sha256`` of ``model``: an artifact whose manifest records other
+            weights is skipped (its speed would be another network's).
 
     Returns:
         (specs, skipped): what to run, and what was found but cannot be run, with reasons.
     """
-    from toolkit.manifest import MANIFEST_NAME, Manifest
+    from toolkit.manifest import MANIFEST_NAME, Manifest, from_other_weights
 
     wanted = None if runtimes is None else set(runtimes) | {"eager"}
     specs = [
@@ -607,6 +612,10 @@ def discover_runtimes(
             manifest = Manifest.load(folder)
         except ToolkitError as exc:
             skipped.append(Skipped(folder.name, "*", str(exc)))
+            continue
+        other = from_other_weights(manifest, weights)
+        if other is not None:
+            skipped.append(Skipped(manifest.runtime, "*", other, manifest.format))
             continue
         network_shape = tuple(getattr(model, "input_shape", ()) or ())
         artifact_shape = tuple(manifest.input_shape[1:])
@@ -1496,7 +1505,9 @@ def bench_command(
     """
     from toolkit.atomic import check_writable_dir, clean_stale_partials
     from toolkit.bench_report import print_changes, print_report
+    from toolkit.manifest import weights_sha256
     from toolkit.models import input_shape_of
+    from toolkit.parity import artifact_folders, refuse_other_weights
     from toolkit.reload import load_network
 
     ckpt = Path(checkpoint)
@@ -1532,7 +1543,10 @@ def bench_command(
     user_inputs = read_input_file(inputs, shape) if inputs else None
     check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
     clean_stale_partials(exports_dir)  # finish or undo what a killed export left
-    specs, skipped = discover_runtimes(network, exports_dir, names)
+    weights = weights_sha256(network)
+    if exports_dir.is_dir():  # every artifact from other weights: the wrong folder
+        refuse_other_weights(artifact_folders(exports_dir), weights, ckpt)
+    specs, skipped = discover_runtimes(network, exports_dir, names, weights)
     parity_path = exports_dir / PARITY_JSON
 
     def progress(line: str) -> None:

@@ -35,17 +35,17 @@ from toolkit.atomic import (
     publish_dirs,
     writable_dir,
 )
-from toolkit.errors import ExportError, UnknownNameError, UsageError
+from toolkit.errors import ExportError, ToolkitError, UnknownNameError, UsageError
 from toolkit.formats import FORMATS
 from toolkit.formats.onnx import EXPORTERS, OnnxFormat, import_onnx
-from toolkit.manifest import Manifest, default_exports_dir, sha256_file
+from toolkit.manifest import Manifest, default_exports_dir, sha256_file, weights_sha256
 
 #: The smallest example batch: exporters can specialise a batch of 1 to a constant.
 MIN_EXAMPLE_BATCH = 2
 
 
 def _say(message: str) -> None:
-    print(f"toolkit: {message}", file=sys.stderr)
+    print(f"export: {message}", file=sys.stderr)
 
 
 def resolve_formats(formats: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -454,8 +454,29 @@ def export_model(
             "network_kwargs": dict(network_kwargs or {}),
             "source_checkpoint": str(source_checkpoint) if source_checkpoint else None,
             "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
+            "weights_sha256": weights_sha256(module),  # before any format touches it
         }
         return _export_all(names, module, example, out_dir, overwrite, provenance, format_options)
+
+
+def _note_other_weights(out_dir: Path, manifests: dict[str, Manifest]) -> None:
+    """Name the format folders in ``out_dir`` left from other weights by a partial export."""
+    from toolkit.manifest import from_other_weights
+    from toolkit.parity import artifact_folders
+
+    weights = next(iter(manifests.values())).weights_sha256 if manifests else None
+    for folder in artifact_folders(out_dir):
+        if folder.name in manifests:
+            continue
+        try:
+            other = from_other_weights(Manifest.load(folder), weights)
+        except ToolkitError:
+            continue
+        if other is not None:
+            _say(
+                f"{folder} was {other.split(';')[0]}: verify fails it and bench skips "
+                f"it until it is exported again (--format {folder.name} --overwrite)"
+            )
 
 
 def export_command(
@@ -515,6 +536,7 @@ def export_command(
         },
         **options,
     )
+    _note_other_weights(out_dir, manifests)
     files = {name: str(out_dir / name / m.model_file) for name, m in manifests.items()}
     width = max(map(len, files.values()), default=0)
     for name, manifest in manifests.items():  # one aligned line per format

@@ -40,6 +40,36 @@ def default_exports_dir(checkpoint: str | Path) -> Path:
     return Path(EXPORTS_DIR) / path.stem
 
 
+def weights_sha256(module: Any) -> str:
+    """Hex sha256 of a network's weights: every ``state_dict`` entry's name, dtype, shape
+    and bytes, in name order.
+
+    The same weights give the same value whichever file they came from (``.ckpt``, ``.pt``
+    or ``.safetensors``), so ``verify`` and ``bench`` can tell whether an artifact was
+    exported from the network they were given.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def from_other_weights(manifest: Manifest, weights: str | None) -> str | None:
+    """Why ``manifest``'s artifact cannot be compared with the network whose
+    :func:`weights_sha256` is ``weights`` (as a phrase), or None when it can.
+
+    Manifests written before the fingerprint existed are not judged: None.
+    """
+    if weights is None or manifest.weights_sha256 in (None, weights):
+        return None
+    source = manifest.source_checkpoint or "an unrecorded file"
+    return f"exported from other weights ({source}); export this checkpoint again"
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -82,6 +112,7 @@ class Manifest:
     ir_version: int | None = None
     source_checkpoint: str | None = None
     source_sha256: str | None = None
+    weights_sha256: str | None = None
     export_seconds: float = 0.0
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)

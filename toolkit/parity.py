@@ -51,7 +51,7 @@ import torch
 
 from toolkit.atomic import clean_stale_partials
 from toolkit.errors import CheckFailedError, DataError, ToolkitError, UsageError
-from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file
+from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file, weights_sha256
 
 #: Added to ``|ref|`` in reported relative differences, so zeros do not divide by zero.
 EPS = 1e-6
@@ -681,9 +681,13 @@ def artifact_folders(exports: Path) -> list[Path]:
 
 
 def _artifact_plans(
-    folder: Path, device: str, threads: int, overrides: dict[str, float]
+    folder: Path,
+    device: str,
+    threads: int,
+    overrides: dict[str, float],
+    weights: str | None = None,
 ) -> list[RowPlan]:
-    from toolkit.manifest import Manifest
+    from toolkit.manifest import Manifest, from_other_weights
     from toolkit.runtimes import RUNTIMES
 
     row = ParityRow(folder.name, "?", "?", "artifact", str(folder))
@@ -696,6 +700,11 @@ def _artifact_plans(
     except ToolkitError as exc:
         row.error = _one_line(exc)
         row.fail(row.error)
+        return [(row, None)]
+    other = from_other_weights(manifest, weights)
+    if other is not None:  # its differences would be those of two networks, not a runtime's
+        row.error = other
+        row.fail(other)
         return [(row, None)]
     extras = [rt for rt in EXTRA_RUNTIMES.get(manifest.format, ()) if rt in RUNTIMES]
     plans: list[RowPlan] = []
@@ -716,6 +725,32 @@ def _artifact_plans(
             continue
         plans.append((this, lambda c=cls: c(folder, device=device, threads=threads)))
     return plans
+
+
+def refuse_other_weights(folders: list[Path], weights: str, checkpoint: Path) -> None:
+    """Raise :class:`UsageError` when every artifact in ``folders`` was exported from other
+    weights than ``checkpoint``'s (fingerprint ``weights``): the wrong exports folder.
+
+    Only some stale artifacts (a partial re-export) are not an error here: their rows fail.
+    """
+    from toolkit.manifest import Manifest, from_other_weights
+
+    sources = []
+    for folder in folders:
+        try:
+            manifest = Manifest.load(folder)
+        except ToolkitError:
+            return  # a damaged artifact gets its own failing row
+        if from_other_weights(manifest, weights) is None:
+            return
+        sources.append(manifest.source_checkpoint or "an unrecorded file")
+    if sources:
+        where = folders[0].parent if len(folders) > 1 else folders[0]
+        raise UsageError(
+            f"the artifacts in {where} were exported from other weights "
+            f"({', '.join(sorted(set(sources)))}) than {checkpoint}; pass that file as "
+            f"--checkpoint, or export this one: toolkit export --checkpoint {checkpoint}"
+        )
 
 
 def _manifest_sha256(folder: Path) -> str | None:
@@ -814,7 +849,8 @@ def verify(
         The :class:`ParityReport`.
 
     Raises:
-        UsageError: a bad option (checked before anything is loaded or run).
+        UsageError: a bad option (checked before anything is loaded or run), or every
+            artifact in ``exports`` was exported from other weights (before anything runs).
     """
     from toolkit.models import input_shape_of
     from toolkit.reload import RUN_INFO, load_network
@@ -829,6 +865,9 @@ def verify(
     threads = check_threads(threads)
     reference_net = load_network(checkpoint, model, model_kwargs, trust_pickled_file)
     checkpoint_sha256 = sha256_file(checkpoint)
+    weights = weights_sha256(reference_net)
+    folders = artifact_folders(Path(exports)) if exports is not None else []
+    refuse_other_weights(folders, weights, checkpoint)
     shape = input_shape_of(reference_net)
     run_info = _read_json(checkpoint.parent / RUN_INFO)
     if dataset is None and data_dir is None:  # the data the run was trained on, as evaluate
@@ -858,11 +897,10 @@ def verify(
         )
         notes: list[str] = []
         if exports is not None:
-            folders = artifact_folders(Path(exports))
             if not folders:
                 notes.append(f"no artifact folders (with manifest.json) in {exports}")
             for folder in folders:
-                plans += _artifact_plans(folder, device, threads, overrides)
+                plans += _artifact_plans(folder, device, threads, overrides, weights)
         rows = []
         for row, make_runner in plans:
             outputs = reference if row.kind == "reference" else None
