@@ -330,6 +330,8 @@ def test_messages_name_what_is_wrong_with_a_path(tmp_path: Path) -> None:
         (["export", "--checkpoint", str(tmp_path / "junk.ckpt")], 1, "not a readable torch file"),
         (["export"], 2, "required: --checkpoint (see toolkit export --help)"),
         (["verify", "--checkpoint", str(tmp_path / "gone.ckpt")], 1, "no such file: "),
+        (["export", "--weights", "x.pt"], 2, "export takes every weights file (.ckpt, .pt or"),
+        (["bench", "--weights=x.pt"], 2, "bench takes every weights file"),
         (["train", "--output_dir", str(tmp_path / "file")], 1, "it is a file, not a folder"),
     ]
     for argv, code, fragment in cases:

@@ -569,6 +569,13 @@ def test_ctrl_c_while_training_raises_keyboard_interrupt(tmp_path: Path, idx_dir
 
 
 # -- evaluate ----------------------------------------------------------------------------------
+def test_evaluate_takes_any_weights_file_as_checkpoint(run, idx_dir: Path) -> None:
+    """As export, verify and bench do: --checkpoint model.pt / model.safetensors."""
+    for name in ("model.pt", "model.safetensors"):
+        scores = evaluate(checkpoint=str(Path(run.run_dir) / name), data_dir=str(idx_dir))
+        assert scores["test_acc"] == pytest.approx(run.test_acc)
+
+
 def test_evaluate_a_checkpoint_that_does_not_record_its_network(
     run, idx_dir: Path, tmp_path: Path
 ) -> None:

@@ -222,6 +222,13 @@ def _main(argv: list[str] | None) -> int:
             warnings.filterwarnings("ignore", category=FutureWarning)
         command = next((a for a in argv if a in COMMANDS), None)
         _check_repeated_lists(command, argv)
+        if command in ("export", "verify", "bench") and any(
+            a.split("=", 1)[0] == "--weights" for a in argv
+        ):
+            raise UsageError(
+                f"{command} takes every weights file (.ckpt, .pt or .safetensors) as "
+                "--checkpoint; --weights is evaluate's other name for it"
+            )
         parser = build_parser(only=command)
         try:
             cfg = parser.parse_args(argv)

@@ -129,6 +129,19 @@ def read_weights(
     return obj, info.get("network"), dict(info.get("network_kwargs") or {})
 
 
+def is_lightning_checkpoint(path: str | Path, trust_pickled_file: bool = False) -> bool:
+    """True when ``path`` is a Lightning checkpoint (a dict with a ``state_dict``), False for
+    a bare state_dict ``.pt`` or a ``.safetensors`` file.
+
+    Raises:
+        CheckpointError, UnsafeFileError: as :func:`read_torch_file`.
+    """
+    if Path(path).suffix == ".safetensors":
+        return False
+    obj = read_torch_file(path, trust_pickled_file)
+    return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
+
+
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Raise one clear error naming missing, unexpected and mis-shaped keys, if any."""
     expected = model.state_dict()

@@ -47,7 +47,7 @@ from toolkit.errors import (
 )
 from toolkit.models import build_model, input_shape_of
 from toolkit.module import LightningModel
-from toolkit.reload import RUN_INFO, load_lightning_model, load_network
+from toolkit.reload import RUN_INFO, is_lightning_checkpoint, load_lightning_model, load_network
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
@@ -742,7 +742,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate a trained model with ``trainer.test`` and print the tutorial's line.
 
-    Give either ``checkpoint`` (a ``.ckpt``, loaded with ``load_from_checkpoint``) or
+    Give either ``checkpoint`` (a ``.ckpt``, loaded with ``load_from_checkpoint``; a
+    state_dict ``.pt`` or ``.safetensors`` works too, as for export, verify and bench) or
     ``weights`` (a state_dict ``.pt`` or ``.safetensors``). ``model`` names the network when
     the file does not record it (a tutorial state_dict or ``.ckpt``); ``model_kwargs``
     override the kwargs it records.
@@ -752,7 +753,8 @@ def evaluate(
     data folder recorded in the run folder's ``run.json`` are used, if there is one.
 
     Args:
-        checkpoint: A Lightning .ckpt (loaded with load_from_checkpoint).
+        checkpoint: A Lightning .ckpt (loaded with load_from_checkpoint), or any weights
+            file that --weights takes.
         weights: A state_dict .pt or .safetensors file, instead of a checkpoint.
         model: Registry name of the network, for a file that does not record it.
         model_kwargs: Constructor kwargs of the network (override what the file records).
@@ -768,6 +770,9 @@ def evaluate(
     """
     if (checkpoint is None) == (weights is None):
         raise UsageError("give exactly one of --checkpoint PATH or --weights PATH")
+    if checkpoint is not None and not is_lightning_checkpoint(checkpoint, trust_pickled_file):
+        # A state_dict .pt or .safetensors, given the way export, verify and bench take it.
+        checkpoint, weights = None, checkpoint
     if checkpoint is not None:
         # A network named here is built and passed in, the tutorial's
         # load_from_checkpoint(path, model=net): a tutorial .ckpt does not record it.
