@@ -282,6 +282,17 @@ class ParityRow:
         """``name (reason; reason)`` for error messages."""
         return f"{self.name} ({'; '.join(self.reasons) or self.status})"
 
+    def brief(self, width: int = 80) -> str:
+        """``name (first reason)`` cut to about ``width`` characters, for one-line errors."""
+        first = self.reasons[0] if self.reasons else self.status
+        if len(first) > width:
+            cut = first[:width].rsplit(" ", 1)[0]
+            if cut.count("(") > cut.count(")"):  # no half of a parenthesis
+                cut = cut[: cut.rindex("(")]
+            first = cut.rstrip(" ,;") + " …"
+        more = f"; +{len(self.reasons) - 1} more" if len(self.reasons) > 1 else ""
+        return f"{self.name} ({first}{more})"
+
     def fail(self, reason: str) -> None:
         """Mark the row failed with ``reason``."""
         self.status = FAIL
@@ -1146,6 +1157,10 @@ def write_report(report: ParityReport, folder: str | Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+#: Failing rows named in the one-line error; parity.md has them all, with every reason.
+MAX_ROWS_IN_ERROR = 3
+
+
 # -- the CLI verb --------------------------------------------------------------------------
 def verify_command(
     checkpoint: str,
@@ -1240,6 +1255,9 @@ def verify_command(
     print_report(report)
     _, md_path = write_report(report, folder)
     if not report.passed:
-        failing = ", ".join(row.summary() for row in report.failing_rows())
+        rows = report.failing_rows()
+        failing = ", ".join(row.brief() for row in rows[:MAX_ROWS_IN_ERROR])
+        if len(rows) > MAX_ROWS_IN_ERROR:
+            failing += f" and {len(rows) - MAX_ROWS_IN_ERROR} more"
         raise CheckFailedError(f"parity failed for: {failing}; see {md_path}")
     return report
