@@ -1078,6 +1078,12 @@ def print_report(report: ParityReport, file: Any = None) -> None:
     verdict = "PASS" if report.passed else "FAIL"
     failing = report.failing_rows()
     detail = f"; failing: {', '.join(r.name for r in failing)}" if failing else ""
+    print(
+        "rule: a value-judged row passes when every |diff| <= atol + rtol*|ref| (so max abs "
+        "and max rel may each exceed atol and rtol); min atol = the least atol that passes "
+        "at the format's rtol",
+        file=file,
+    )
     print(f"parity: {verdict} ({len(report.rows)} rows, eps {report.eps:g}){detail}", file=file)
 
 
