@@ -88,18 +88,32 @@ def test_trainer_callback_from_the_command_line(tmp_path: Path, idx_dir: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["mlp-fashion-mnist"]
 
 
-def test_ddp_on_two_cpu_processes(tmp_path: Path, idx_dir: Path) -> None:
-    """The launching process hands the folders to the others; a ':' in them once broke it."""
+def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    """The launching process hands the folders to the others; a ':' in them once broke it.
+
+    121 test images do not split evenly over 2 processes: each must still be scored once.
+    """
+    from idx import write_idx_dataset
+
+    odd = write_idx_dataset(tmp_path / "odd", n_test=121)
     out = tmp_path / "out:1"
     ddp = ["--run_name", "ddp:1", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    proc = run_cli(*_train_args(idx_dir, out, *ddp, "--trainer.limit_train_batches", "3"))
+    proc = run_cli(*_train_args(odd, out, *ddp, "--trainer.limit_train_batches", "3"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
     )
     assert (out / "ddp:1" / "model.ckpt").is_file()
-    assert json.loads((out / "ddp:1" / "run.json").read_text())["run_dir"] == str(out / "ddp:1")
+    info = json.loads((out / "ddp:1" / "run.json").read_text())
+    assert info["run_dir"] == str(out / "ddp:1")
     assert sorted(p.name for p in out.iterdir()) == ["ddp:1"]
+    # printed once, not once per process; no warnings about repeated samples or unsynced logs
+    assert proc.stdout.count("run folder: ") == 1 and proc.stdout.count("Test Acc") == 1
+    assert "replicates" not in proc.stderr and "sync_dist" not in proc.stderr
+    # the same accuracy as one process scoring all 121 images
+    single = run_cli("evaluate", "--checkpoint", str(out / "ddp:1" / "model.ckpt"))
+    assert single.returncode == 0, single.stderr
+    assert f"Test Acc {info['test_acc'] * 100:.2f}%" in single.stdout
 
 
 def test_unknown_model(tmp_path: Path) -> None:

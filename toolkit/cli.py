@@ -150,7 +150,10 @@ def _call(parser: Any, cfg: Any) -> Any:
     if command == "train":
         kwargs["trainer"] = _trainer_options(kwargs.get("trainer") or {})
     result = _function(COMMANDS[command])(**kwargs)
-    if command == "train" and getattr(result, "run_dir", None):
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # Under DDP every process runs the command; the results are printed once.
+    if command == "train" and getattr(result, "run_dir", None) and rank_zero_only.rank == 0:
         from toolkit.train import format_accuracies
 
         print(f"run folder: {result.run_dir}")

@@ -303,7 +303,7 @@ class LightningModel(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Logs ``val_loss``; accumulates ``val_acc``."""
         loss, true_labels, predicted_labels = self._shared_step(batch)
-        self.log("val_loss", loss, prog_bar=True)
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)  # mean over processes
         self.val_acc.update(predicted_labels, true_labels)
 
     def on_validation_epoch_end(self) -> None:

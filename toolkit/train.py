@@ -440,6 +440,8 @@ def _accuracies(
     """
     data.setup("test")
     loaders = (data.train_eval_dataloader(), data.val_dataloader(), data.test_dataloader())
+    if trainer.world_size > 1:
+        loaders = tuple(_each_sample_once(loader, trainer) for loader in loaders)
     limit = trainer.limit_test_batches
     trainer.limit_test_batches = 1.0
     try:
@@ -449,6 +451,28 @@ def _accuracies(
         )  # type: ignore[return-value]
     finally:
         trainer.limit_test_batches = limit
+
+
+def _each_sample_once(loader: Any, trainer: L.Trainer) -> Any:
+    """``loader`` split over the processes so that each sample is scored exactly once.
+
+    Lightning's own ``DistributedSampler`` pads uneven splits with repeated samples, which
+    the synced accuracy would count twice; Lightning's ``UnrepeatedDistributedSampler``
+    gives some processes one sample fewer instead (safe here: testing syncs no buffers).
+    """
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DataLoader
+
+    sampler = UnrepeatedDistributedSampler(
+        loader.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+    )
 
 
 def _save_weights(
