@@ -380,3 +380,19 @@ def test_a_list_option_given_twice_is_refused(tmp_path: Path) -> None:
     for argv, fragment in cases:
         assert_one_line_error(run_cli(*argv, cwd=tmp_path), 2, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version() -> None:
+    from importlib import metadata
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"toolkit {metadata.version('toolkit')}"
+
+
+def test_exports_given_as_a_file(trained_run: Path, tmp_path: Path) -> None:
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"x")
+    for command in ("verify", "bench"):
+        proc = run_cli(command, "--checkpoint", str(trained_run / "model.ckpt"),
+                       "--exports", str(artifact))  # fmt: skip
+        assert_one_line_error(proc, 2, f"--exports {artifact} is a file; give the folder")

@@ -52,6 +52,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, trained_run: Path, suf
     flag = "--checkpoint" if suffix == ".ckpt" else "--weights"
     proc = run_cli("evaluate", flag, str(bad))
     assert_one_line_error(proc, 1, "refusing to load", "--trust_pickled_file")
+    assert "system)" in proc.stderr and "add_safe_globals" not in proc.stderr  # names it
     assert not marker.exists()
 
 

@@ -1535,6 +1535,8 @@ def bench_command(
             f"{compare} benchmarks a {old.network}, this checkpoint holds a "
             f"{type(network).__name__}: nothing to compare"
         )
+    if exports and Path(exports).is_file():
+        raise UsageError(f"--exports {exports} is a file; give the folder of format folders")
     if exports and not Path(exports).is_dir():  # the default folder may not exist yet
         raise UsageError(f"no exports folder {exports}; run `toolkit export` or fix --exports")
     names = _split_names(runtimes)

@@ -79,6 +79,15 @@ def _function(spec: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("toolkit")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
 def _summary(fn: Callable[..., Any]) -> str:
     return (inspect.getdoc(fn) or "").split("\n")[0]
 
@@ -97,6 +106,7 @@ def build_parser(only: str | None = None) -> Any:
         exit_on_error=False,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"toolkit {_version()}")
     subcommands = parser.add_subcommands(dest="command")
     for name, spec in COMMANDS.items():
         if only is not None and name != only:

@@ -356,7 +356,7 @@ class MNISTDataModule(L.LightningDataModule):
         _class_name(dataset)
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, got {value}")
+                raise UsageError(f"--{name} must be at least 1, got {value}")
         self.eval_batch_size = eval_batch_size or batch_size
         self.data_dir = data_dir
         self.dataset = dataset

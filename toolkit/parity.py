@@ -1233,6 +1233,8 @@ def verify_command(
 
     check_is_file(checkpoint)  # before the exports folder, which is named after it
     folder = Path(exports) if exports is not None else default_exports_dir(checkpoint)
+    if folder.is_file():
+        raise UsageError(f"--exports {folder} is a file; give the folder of format folders")
     if not folder.is_dir():
         raise UsageError(
             f"no exports folder {folder}; run `toolkit export --checkpoint {checkpoint} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,13 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         # A complete torch zip file whose pickle is refused carries objects beyond tensors;
         # random or truncated bytes are not a zip and name no global.
         if zipfile.is_zipfile(path) or "global" in text.lower():
-            detail = next(
-                (ln.strip() for ln in text.splitlines() if "global" in ln.lower()), "not allowed"
-            )
+            # torch's text goes on to advise add_safe_globals: Python, not for a CLI user.
+            named = re.search(r"GLOBAL ([\w.]+)", text)
+            detail = f" ({named.group(1)})" if named else ""
             raise UnsafeFileError(
-                f"refusing to load {path}: it holds pickled Python objects that could run code "
-                f"({detail.rstrip('.')}); pass --trust_pickled_file only if you trust its source"
+                f"refusing to load {path}: it holds pickled Python objects that could run "
+                f"code{detail}; save torch.save(model.state_dict(), PATH) instead, or pass "
+                "--trust_pickled_file only if you trust its source"
             ) from None
         raise CheckpointError(
             f"{path} is not a readable torch file (corrupt or truncated)"
