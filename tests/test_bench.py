@@ -816,3 +816,31 @@ def test_artifacts_of_other_weights_are_not_benchmarked(trained_run: Path, tmp_p
     assert [s.runtime for s in specs if s.format] == []
     (skip,) = [s for s in skipped if s.format == "torchscript"]
     assert skip.reason.startswith("exported from other weights")
+
+
+def test_cuda_timing_loop_runs_with_the_garbage_collector_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the CPU loop: a collection inside the timed calls would land in p99 (no GPU needed)."""
+    import gc
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False) -> None:
+            self.t = 0.0
+
+        def record(self) -> None:
+            self.t = time.perf_counter()
+
+        def synchronize(self) -> None:
+            pass
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    seen: list[bool] = []
+    assert gc.isenabled()
+    events, wall = B.time_calls_cuda(lambda _: seen.append(gc.isenabled()), None, 5, 0.0, 5, 1.0)
+    assert len(events) == len(wall) == 5 and seen == [False] * 5
+    assert gc.isenabled()  # restored
