@@ -32,7 +32,7 @@ run: data
 	$(BIN)/toolkit evaluate --checkpoint runs/$(RUN)/model.ckpt
 	$(BIN)/toolkit export --checkpoint runs/$(RUN)/model.ckpt --format all --overwrite
 	$(BIN)/toolkit verify --checkpoint runs/$(RUN)/model.ckpt
-	$(BIN)/toolkit bench --checkpoint runs/$(RUN)/model.ckpt --min_time 0.5 --rounds 3
+	$(BIN)/toolkit bench --checkpoint runs/$(RUN)/model.ckpt --min_time 0.5 --rounds 5
 
 test: data
 	$(BIN)/python -m pytest -q

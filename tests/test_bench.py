@@ -844,3 +844,25 @@ def test_cuda_timing_loop_runs_with_the_garbage_collector_off(
     events, wall = B.time_calls_cuda(lambda _: seen.append(gc.isenabled()), None, 5, 0.0, 5, 1.0)
     assert len(events) == len(wall) == 5 and seen == [False] * 5
     assert gc.isenabled()  # restored
+
+
+def test_round_ratio_ci_is_as_wide_as_the_rounds_disagree() -> None:
+    rng = np.random.default_rng(0)
+    eager = [rng.normal(100, 1, 500) for _ in range(3)]
+    # each round's ratio differs (the machine changed speed between rounds): 0.69, 0.66, 0.65
+    drifting = [e * f for e, f in zip(eager, (0.689, 0.659, 0.647), strict=True)]
+    point, lo, hi = B.round_ratio_ci(drifting, eager)
+    assert point == pytest.approx(0.659, abs=0.003)
+    assert lo < 0.652 and hi > 0.685  # the per-call bootstrap gave about [0.661, 0.663]
+    _, pooled_lo, pooled_hi = B.bootstrap_ratio_ci(drifting, eager)
+    assert pooled_hi - pooled_lo < (hi - lo) / 3
+    # straddling 1 round by round: a tie, not "1.01x faster"
+    mixed = [e * f for e, f in zip(eager, (0.997, 1.014, 1.015), strict=True)]
+    _, lo, hi = B.round_ratio_ci(mixed, eager)
+    assert lo <= 1.0 <= hi
+    # a steady effect stays tight and excludes 1
+    _, lo, hi = B.round_ratio_ci([e * 0.5 for e in eager], eager)
+    assert 0.49 < lo <= hi < 0.51
+    # one round: the per-call bootstrap of that round
+    one = B.round_ratio_ci([drifting[0]], [eager[0]])
+    assert one[1] < one[0] < one[2] and one[2] - one[1] < 0.01
