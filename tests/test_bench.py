@@ -64,6 +64,18 @@ class WrongRunner(SleepRunner):
         return torch.zeros(prepared.shape[0], 10)
 
 
+class WrongAtBatchOneRunner(SleepRunner):
+    """Right except at batch 1, as a graph specialised to one shape can be."""
+
+    name = "fake-b1"
+    delay = 0.0
+
+    def _infer(self, prepared: torch.Tensor) -> torch.Tensor:
+        if prepared.shape[0] == 1:
+            return torch.zeros(1, 10)
+        return super()._infer(prepared)
+
+
 class CountingRunner(SleepRunner):
     """Counts calls; no sleep."""
 
@@ -322,6 +334,14 @@ def test_faster_failing_runtime_is_not_chosen_end_to_end(mlp: torch.nn.Module) -
     wrong = report.row("fake-wrong", "cpu", 8)
     assert wrong.parity == "FAIL" and "quick check" in (wrong.parity_detail or "")
     assert report.verdicts[0].runtime == "eager"
+
+
+def test_quick_check_runs_at_every_batch_size(mlp: torch.nn.Module) -> None:
+    specs = _specs(mlp, ("fake-b1", WrongAtBatchOneRunner))
+    report = B.bench(specs, SHAPE, "cpu", [1, 8], threads=1, protocol=FAST)
+    assert report.row("fake-b1", "cpu", 1).parity == "FAIL"
+    assert report.row("fake-b1", "cpu", 8).parity == "PASS"
+    assert report.verdicts[0].runtime == "eager"  # never the runtime wrong at that size
 
 
 def test_parity_json_is_read(tmp_path: Path) -> None:

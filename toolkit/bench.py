@@ -85,7 +85,7 @@ BOOTSTRAP_RESAMPLES, BOOTSTRAP_CONFIDENCE, BOOTSTRAP_SEED = 1000, 0.95, 0
 #: Draws per side in a bootstrap resample (caps memory and time; widens the interval a bit).
 BOOTSTRAP_MAX_DRAWS = 3000
 #: Batch size of the quick parity check (closest to it among the benchmarked sizes).
-QUICK_CHECK_BATCH, QUICK_CHECK_BATCHES = 8, 4
+QUICK_CHECK_BATCHES = 4
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
 PASS, FAIL, UNCHECKED = "PASS", "FAIL", "UNCHECKED"
 #: Percentiles stored per row (0..100) so ``--compare`` can bootstrap an old report.
@@ -1021,7 +1021,9 @@ def quick_parity(
     if eager is None:
         return {}
     generator = torch.Generator().manual_seed(1234)
-    xs = [torch.randn((batch, *input_shape), generator=generator) for _ in range(4)]
+    xs = [
+        torch.randn((batch, *input_shape), generator=generator) for _ in range(QUICK_CHECK_BATCHES)
+    ]
     refs = [eager.runner(x) for x in xs]
     results: dict[str, tuple[str, str]] = {}
     for live in lives:
@@ -1054,7 +1056,7 @@ def quick_parity(
 def _parity_of(
     row: BenchRow,
     verified: dict[tuple[str, str | None, str], tuple[str, str]],
-    quick: dict[str, tuple[str, str]],
+    quick: dict[tuple[str, int], tuple[str, str]],
 ) -> None:
     device = torch.device(row.device).type
     if row.runtime == "eager" and row.format is None:
@@ -1064,8 +1066,8 @@ def _parity_of(
     if found is not None:
         row.parity, row.parity_detail = found
         row.parity_source = PARITY_JSON
-    elif row.label in quick:
-        row.parity, row.parity_detail = quick[row.label]
+    elif (row.label, row.batch) in quick:
+        row.parity, row.parity_detail = quick[(row.label, row.batch)]
         row.parity_source = "quick-check"
 
 
@@ -1322,10 +1324,15 @@ def _bench_device(
             for live, row in zip(ready, batch_rows, strict=True):
                 samples[row.key] = live.rounds  # for the verdict's runner-up comparison
                 live.rounds, live.wall_rounds = [], []
-        # After the sweep, so that first calls were really cold (compile, capture).
-        check_batch = min(sizes, key=lambda b: abs(b - QUICK_CHECK_BATCH))
+        # After the sweep, so that first calls were really cold (compile, capture). At every
+        # batch size: torch.compile specialises batch 1 and a CUDA graph is per shape, so a
+        # check at one size says nothing of the graphs the other sizes ran.
         unchecked = [lv for lv in lives if not _covered(lv, parity, device)]
-        quick = quick_parity(unchecked, shape, check_batch)
+        quick = {
+            (label, batch): result
+            for batch in sizes
+            for label, result in quick_parity(unchecked, shape, batch).items()
+        }
     finally:
         for live in lives:
             live.runner.close()
