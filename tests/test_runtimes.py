@@ -78,6 +78,13 @@ def test_runtime_matches_eager(runtime: str, artifacts: tuple) -> None:
         runner.synchronize()
         np.testing.assert_array_equal(runner.to_numpy(first), got)
         np.testing.assert_array_equal(runner.to_numpy(runner.infer(prepared)), got)
+    # Batches of one new shape: each gets its own result; no input is written to.
+    xs = [torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    kept = [x.clone() for x in xs]
+    for x, out in zip(xs, [runner(x) for x in xs], strict=True):
+        with torch.no_grad():
+            np.testing.assert_allclose(out, model(x).numpy(), atol=1e-4, rtol=1e-3)
+    assert all(torch.equal(x, k) for x, k in zip(xs, kept, strict=True))
 
 
 @pytest.mark.parametrize("fmt", ["onnx-fp16", "onnx-int8"])
