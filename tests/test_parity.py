@@ -609,7 +609,7 @@ def test_cli_names_the_changed_onnx_row(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("toolkit: error: parity failed for: onnx (")
     assert "onnx[onnxruntime-iobinding] (" in line and "torchscript" not in line
-    assert len(line.split("; see ")[0]) < 260, line  # parity.md has every reason
+    assert len(line.split("; see ")[0]) < 320, line  # parity.md has every reason
     assert "FAIL" in result.stdout and "torchscript" in result.stdout
     assert "# Parity report: FAIL" in (exports / "parity.md").read_text()
 
@@ -806,6 +806,6 @@ def test_brief_row_summary_is_bounded() -> None:
              "(main: 99954, batch-1: 160, batch-7: 140, zeros: 70)")  # fmt: skip
     row.fail("top-1 agreement 87.20% < 100% (1280 labels flipped)")
     brief = row.brief()
-    assert brief.startswith("onnx (max abs diff 9.65e+03 exceeds atol") and len(brief) < 110
+    assert brief.startswith("onnx (max abs diff 9.65e+03 exceeds atol") and len(brief) < 150
     assert brief.endswith("at 99954 values …; +1 more)")
     assert ParityRow("x", "f", "r", "artifact", "p").brief() == "x (PASS)"

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -327,6 +328,15 @@ def test_onnx_with_another_input_shape_fails_clearly(
 
     other = build_model("mlp", num_features=100)  # the run's network takes 1x28x28
     export_model(other, torch.rand(2, 100), ["onnx"], tmp_path / "exports")
+    args = ["--checkpoint", str(trained_run / "model.ckpt"), "--exports", str(tmp_path / "exports")]
+    for command in ("verify", "bench"):  # the manifest says: other weights; refused at once
+        proc = run_cli(command, *args)
+        assert_one_line_error(proc, 2, "were exported from other weights (an unrecorded file)")
+    # A manifest from before weights_sha256 existed: the input shape is what tells.
+    manifest = tmp_path / "exports" / "onnx" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["weights_sha256"]
+    manifest.write_text(json.dumps(data))
     proc = run_cli(
         "verify",
         "--checkpoint",
@@ -415,5 +425,5 @@ def test_damaged_artifacts_fail_their_rows(
     assert "Traceback" not in proc.stderr
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
     assert len(error) == 1
-    for row in ("onnx (", "exported-program (", "torchscript ("):
-        assert row in error[0]
+    for row in ("onnx", "exported-program", "torchscript"):  # every failing row is named
+        assert re.search(rf"(: |, ){re.escape(row)}( \(|,|;)", error[0]), (row, error[0])

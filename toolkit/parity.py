@@ -282,7 +282,7 @@ class ParityRow:
         """``name (reason; reason)`` for error messages."""
         return f"{self.name} ({'; '.join(self.reasons) or self.status})"
 
-    def brief(self, width: int = 80) -> str:
+    def brief(self, width: int = 120) -> str:
         """``name (first reason)`` cut to about ``width`` characters, for one-line errors."""
         first = self.reasons[0] if self.reasons else self.status
         if len(first) > width:
@@ -1163,8 +1163,9 @@ def write_report(report: ParityReport, folder: str | Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
-#: Failing rows named in the one-line error; parity.md has them all, with every reason.
-MAX_ROWS_IN_ERROR = 3
+#: Failing rows whose first reason the one-line error gives; it names every failing row,
+#: and parity.md has every reason of each.
+MAX_REASONS_IN_ERROR = 3
 
 
 # -- the CLI verb --------------------------------------------------------------------------
@@ -1264,8 +1265,8 @@ def verify_command(
     _, md_path = write_report(report, folder)
     if not report.passed:
         rows = report.failing_rows()
-        failing = ", ".join(row.brief() for row in rows[:MAX_ROWS_IN_ERROR])
-        if len(rows) > MAX_ROWS_IN_ERROR:
-            failing += f" and {len(rows) - MAX_ROWS_IN_ERROR} more"
+        failing = ", ".join(
+            row.brief() if i < MAX_REASONS_IN_ERROR else row.name for i, row in enumerate(rows)
+        )
         raise CheckFailedError(f"parity failed for: {failing}; see {md_path}")
     return report
