@@ -886,3 +886,29 @@ def test_round_ratio_ci_is_as_wide_as_the_rounds_disagree() -> None:
     # one round: the per-call bootstrap of that round
     one = B.round_ratio_ci([drifting[0]], [eager[0]])
     assert one[1] < one[0] < one[2] and one[2] - one[1] < 0.01
+
+
+def test_compare_names_what_differs_between_the_reports() -> None:
+    protocol = {"threads": 2, "io_boundary": "device", "rounds": 5}
+    environment = {"cpu_model": "A", "gpu": None, "torch": "2.14.1", "onnxruntime": "1.32.0"}
+    old = B.BenchReport(environment, protocol, ["cpu"], [1], [], [], [], "")
+    same = B.BenchReport(dict(environment), dict(protocol), ["cpu"], [1], [], [], [], "")
+    assert B.comparability_notes(old, same) == []
+    other = B.BenchReport(
+        {**environment, "cpu_model": "B"}, {**protocol, "threads": 1}, ["cpu"], [1], [], [], [], ""
+    )
+    assert B.comparability_notes(old, other) == [
+        "threads was 2 in the old report, 1 now",
+        "CPU was A in the old report, B now",
+    ]
+
+
+def test_mixed_clocks_on_one_device_are_flagged() -> None:
+    from toolkit.bench_report import summary_lines
+
+    rows = [_row("eager", 100.0), _row("onnxruntime", 50.0, format="onnx")]
+    report = B.BenchReport({}, {}, ["cpu"], [1], rows, [], [], "")
+    assert not [ln for ln in summary_lines(report) if "different clocks" in ln]
+    rows[1].clock = B.CLOCK_CUDA_WALL
+    (line,) = [ln for ln in summary_lines(report) if "different clocks" in ln]
+    assert line.startswith("warning: rows on cpu were timed on different clocks")

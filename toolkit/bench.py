@@ -11,9 +11,12 @@ Protocol (:func:`measure`), the same for every runtime, device and batch size:
    round times every runtime for at least ``min_calls / rounds`` calls and
    ``min_time / rounds`` seconds, stopping early only at ``max_calls`` or ``max_time``.
    Every call is timed on its own and kept.
-4. Clocks: on CPU ``time.perf_counter_ns`` around each call. On CUDA a pair of
-   ``torch.cuda.Event`` around each call, followed by a wait on the end event, so queued
-   asynchronous work is counted (the wall time with that wait is kept as well).
+4. Clocks: on CPU ``time.perf_counter_ns`` around each call. On CUDA, runtimes on torch's
+   stream get a pair of ``torch.cuda.Event`` around each call, followed by a wait on the
+   end event, so queued asynchronous work is counted (the p50 of the wall time with that
+   wait is kept as ``wall_p50_us``); other runtimes (ONNX Runtime's CUDA provider) and
+   ``include_copies`` use the wall clock with a device synchronize. The report warns when
+   one device's rows use different clocks.
 5. I/O boundary: by default inputs are already on the device (``prepare`` runs outside the
    timed region) and outputs stay there; with ``include_copies`` each timed call is
    ``prepare`` (host to device) + ``infer`` + ``to_numpy`` (device to host), timed on the
@@ -23,8 +26,9 @@ Protocol (:func:`measure`), the same for every runtime, device and batch size:
 
 Statistics per (runtime, device, batch): mean, std, min, p50, p90, p99, max, IQR and the
 number of calls; throughput (batch / p50, and batch * calls / total time); the p50 of each
-round; the ratio of the p50 to eager's p50 with a stratified (by round) percentile
-bootstrap confidence interval, and the same ratio round by round.
+round; the ratio to eager's p50, taken round by round (the median of the per-round
+ratios), with a two-level bootstrap confidence interval (calls within rounds, then
+rounds), and the ratio of each round.
 
 The verdict for each (device, batch) names the fastest runtime whose parity passed
 (``parity.json`` of ``toolkit verify`` when it covers the row's runtime, format and
@@ -284,8 +288,9 @@ def bootstrap_ratio_ci(
 
     A percentile bootstrap, stratified: each resample draws with replacement within each
     stratum (round) of each side, in proportion to the stratum's size and at most
-    ``max_draws`` values per side (fewer draws than samples give a wider, more cautious
-    interval), then takes the ratio of the pooled medians.
+    ``max_draws`` values per side (so the width does not shrink without end as calls
+    grow), then takes the ratio of the pooled medians. It ignores how much the rounds
+    disagree; :func:`round_ratio_ci` does not, and is what the reports use.
 
     Args:
         numerator: Samples of the numerator, one array per stratum.
@@ -1407,6 +1412,26 @@ def change_ci(
     return point, lo, hi
 
 
+def comparability_notes(old: BenchReport, new: BenchReport) -> list[str]:
+    """Settings and machine facts that differ between two reports, one phrase each: a row's
+    change may come from these rather than from the code."""
+    facts = [
+        ("threads", "protocol", "threads"),
+        ("I/O boundary", "protocol", "io_boundary"),
+        ("rounds", "protocol", "rounds"),
+        ("CPU", "environment", "cpu_model"),
+        ("GPU", "environment", "gpu"),
+        ("torch", "environment", "torch"),
+        ("onnxruntime", "environment", "onnxruntime"),
+    ]
+    notes = []
+    for name, part, key in facts:
+        before, now = getattr(old, part).get(key), getattr(new, part).get(key)
+        if before is not None and now is not None and before != now:
+            notes.append(f"{name} was {before} in the old report, {now} now")
+    return notes
+
+
 def compare_reports(old: BenchReport, new: BenchReport, threshold: float = 0.10) -> list[RowChange]:
     """Per-row change of p50 from ``old`` to ``new``.
 
@@ -1657,6 +1682,8 @@ def bench_command(
     if old is not None:
         changes = compare_reports(old, report, regression_threshold)
         print_changes(changes, regression_threshold)
+        for note in comparability_notes(old, report):
+            print(f"warning: {note}; a change may come from that, not from the code")
         regressed = [c for c in changes if c.status == "regressed"]
         if regressed:
             names = ", ".join(f"{c.label} {c.device} batch {c.batch}" for c in regressed)

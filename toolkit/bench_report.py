@@ -92,7 +92,21 @@ def summary_lines(report: BenchReport) -> list[str]:
         f"rounds; clocks: {', '.join(sorted(set(protocol.get('clocks', {}).values())))}",
         f"parity: {report.parity_source}",
         *_unstable_lines(report),
+        *_mixed_clock_lines(report),
     ]
+
+
+def _mixed_clock_lines(report: BenchReport) -> list[str]:
+    """A warning for each device whose rows were timed on different clocks."""
+    lines = []
+    for device in report.devices:
+        clocks = sorted({row.clock for row in report.rows if row.device == device})
+        if len(clocks) > 1:
+            lines.append(
+                f"warning: rows on {device} were timed on different clocks ({'; '.join(clocks)}): "
+                "a ratio between two of them compares the clocks as well as the runtimes"
+            )
+    return lines
 
 
 #: A row whose per-round p50s differ by more than this (max/min - 1) is flagged.
