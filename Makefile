@@ -46,4 +46,5 @@ bench: data
 
 # Removes what `make run` and the benchmarks wrote; other runs and exports are kept.
 clean:
-	rm -rf runs/$(RUN) exports/$(RUN) .pytest_cache .benchmarks
+	$(if $(strip $(RUN)),,$(error RUN is empty: make clean would remove every run))
+	rm -rf "runs/$(RUN)" "exports/$(RUN)" .pytest_cache .benchmarks

@@ -831,6 +831,10 @@ def test_artifacts_of_other_weights_are_not_benchmarked(trained_run: Path, tmp_p
     with pytest.raises(UsageError, match=r"exported from other weights \(.*other\.pt\)"):
         B.bench_command(**quick)
     assert not (tmp_path / "out").exists()
+    # none of those artifacts asked for: nothing to refuse, nothing said of them
+    report = B.bench_command(**{**quick, "runtimes": "eager"})
+    assert [r.runtime for r in report.rows] == ["eager"]
+    assert not [s for s in report.skipped if "other weights" in s.reason]
     network = PyTorchMLP(784, 10)
     specs, skipped = B.discover_runtimes(network, exports, None, weights_sha256(network))
     assert [s.runtime for s in specs if s.format] == []
@@ -912,3 +916,18 @@ def test_mixed_clocks_on_one_device_are_flagged() -> None:
     rows[1].clock = B.CLOCK_CUDA_WALL
     (line,) = [ln for ln in summary_lines(report) if "different clocks" in ln]
     assert line.startswith("warning: rows on cpu were timed on different clocks")
+
+
+def test_verdict_says_when_the_runner_up_was_faster_round_by_round() -> None:
+    """Pooled p50s and per-round ratios can disagree when rounds differ in calls and speed."""
+    speeds, b_calls, r_calls = [1, 1, 2, 2, 2], [400, 400, 20, 20, 20], [20, 20, 400, 400, 400]
+    rng = np.random.default_rng(0)
+    b = [rng.normal(s, s * 0.001, n) for s, n in zip(speeds, b_calls, strict=True)]
+    r = [rng.normal(0.99 * s, s * 0.001, n) for s, n in zip(speeds, r_calls, strict=True)]
+    rows = [_row("eager", 100.0), _row("b", float(np.median(np.concatenate(b)))),
+            _row("r", float(np.median(np.concatenate(r))))]  # fmt: skip
+    samples = {rows[0].key: [rng.normal(100 * s, 1, 50) for s in speeds]}
+    samples[rows[1].key], samples[rows[2].key] = b, r
+    (verdict,) = B.choose_verdicts(rows, ["cpu"], [1], samples)
+    assert (verdict.runtime, verdict.runner_up, verdict.tied) == ("b", "r", False)
+    assert verdict.runner_up_ci[1] < 1.0 and "but r was faster round by round" in verdict.text

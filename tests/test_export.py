@@ -671,9 +671,11 @@ def test_default_exports_folder_is_the_run_or_the_loose_file(tmp_path: Path) -> 
     (run / "run.json").write_text("{}")
     for name in ("model.ckpt", "model.pt", "model.safetensors"):
         assert default_exports_dir(run / name) == Path("exports/my-run")
-    # tutorial files side by side: one exports folder each, named after the file
-    assert default_exports_dir(tmp_path / "lightning.pt") == Path("exports/lightning")
-    assert default_exports_dir(tmp_path / "other.pt") == Path("exports/other")
+    # tutorial files side by side, or of the same name in two folders: one exports folder each
+    where = tmp_path.name
+    assert default_exports_dir(tmp_path / "lightning.pt") == Path(f"exports/{where}-lightning")
+    assert default_exports_dir(tmp_path / "other.pt") == Path(f"exports/{where}-other")
+    assert default_exports_dir(tmp_path / "b" / "lightning.pt") == Path("exports/b-lightning")
 
 
 def test_cli_unknown_format_is_one_line(tmp_path: Path, trained_run: Path) -> None:

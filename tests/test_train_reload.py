@@ -208,6 +208,12 @@ def test_a_line_per_epoch_when_no_bar_is_shown(
             r"val_loss \d\.\d{4}  val_acc \d+\.\d\d%  \d+\.\d s",
             line,
         ), line
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from toolkit.train import EpochLines, _trainer
+
+    own = _trainer(None, 1, 0, {"callbacks": [TQDMProgressBar()]}).callbacks  # the user's bar
+    assert not any(isinstance(c, EpochLines) for c in own)
     quiet = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
     train(**common, max_epochs=1, run_name="b", trainer=quiet)
     assert "epoch 1/1" not in capsys.readouterr().err  # the user turned progress off

@@ -670,7 +670,9 @@ def discover_runtimes(
             continue
         other = from_other_weights(manifest, weights)
         if other is not None:
-            skipped.append(Skipped(manifest.runtime, "*", other, manifest.format))
+            runtimes = (manifest.runtime, *EXTRA_RUNTIMES.get(manifest.format, ()))
+            if any(_wanted(rt, manifest.format, wanted) for rt in runtimes):
+                skipped.append(Skipped(manifest.runtime, "*", other, manifest.format))
             continue
         network_shape = tuple(getattr(model, "input_shape", ()) or ())
         artifact_shape = tuple(manifest.input_shape[1:])
@@ -1130,18 +1132,18 @@ def choose_verdicts(
             versus: dict[str, Any] = {}
             if runner is not None and samples and best.key in samples and runner.key in samples:
                 ratio, lo, hi = round_ratio_ci(samples[runner.key], samples[best.key])
-                tied = lo <= 1.0
+                tied = lo <= 1.0 <= hi
                 versus = {
                     "runner_up": runner.label,
                     "runner_up_ratio": ratio,
                     "runner_up_ci": [lo, hi],
                     "tied": tied,
                 }
+                ci_text = f"{ratio:.2f}x [CI {lo:.2f}–{hi:.2f}]"
                 if tied:
-                    text += (
-                        f"; tied with {runner.label} within noise "
-                        f"({ratio:.2f}x [CI {lo:.2f}–{hi:.2f}])"
-                    )
+                    text += f"; tied with {runner.label} within noise ({ci_text})"
+                elif hi < 1.0:  # lower pooled p50, yet slower round by round: say so
+                    text += f"; but {runner.label} was faster round by round ({ci_text})"
                 else:
                     text += f"; {ratio:.2f}x faster than {runner.label} [CI {lo:.2f}–{hi:.2f}]"
             if excluded:
@@ -1629,8 +1631,9 @@ def bench_command(
     check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
     clean_stale_partials(exports_dir)  # finish or undo what a killed export left
     weights = weights_sha256(network)
-    if exports_dir.is_dir():  # every artifact from other weights: the wrong folder
-        refuse_other_weights(artifact_folders(exports_dir), weights, ckpt)
+    if exports_dir.is_dir():  # every artifact to run from other weights: the wrong folder
+        wanted = [f for f in artifact_folders(exports_dir) if _folder_wanted(f, names)]
+        refuse_other_weights(wanted, weights, ckpt)
     specs, skipped = discover_runtimes(network, exports_dir, names, weights)
     parity_path = exports_dir / PARITY_JSON
 
@@ -1693,6 +1696,21 @@ def bench_command(
             )
     _fail_on_tampered(report)
     return report
+
+
+def _folder_wanted(folder: Path, names: list[str] | None) -> bool:
+    """Whether ``--runtimes`` asks for any runtime of the artifact in ``folder``."""
+    from toolkit.manifest import Manifest
+
+    if names is None:
+        return True
+    try:
+        manifest = Manifest.load(folder)
+    except ToolkitError:
+        return True  # a damaged artifact is reported, wanted or not
+    wanted = set(names) | {"eager"}
+    runtimes = (manifest.runtime, *EXTRA_RUNTIMES.get(manifest.format, ()))
+    return any(_wanted(runtime, manifest.format, wanted) for runtime in runtimes)
 
 
 def _fail_on_tampered(report: BenchReport) -> None:

@@ -31,13 +31,14 @@ def default_exports_dir(checkpoint: str | Path) -> Path:
     ``<name>`` is the run folder's name, resolved, so ``model.ckpt`` given from inside the
     run folder names the same folder as ``runs/<run>/model.ckpt``, and the run's ``.ckpt``,
     ``.pt`` and ``.safetensors`` share it. A weights file anywhere else (the tutorial's
-    ``lightning.pt``) gives its file name without suffix, so two such files in one folder
-    never share, or take each other's, exports.
+    ``lightning.pt``) gives ``<folder>-<file name without suffix>``, so two such files, in
+    one folder or in two, do not share, or take each other's, exports.
     """
     path = Path(checkpoint).resolve()
     if (path.parent / RUN_INFO).is_file():
         return Path(EXPORTS_DIR) / path.parent.name
-    return Path(EXPORTS_DIR) / path.stem
+    parent = path.parent.name
+    return Path(EXPORTS_DIR) / (f"{parent}-{path.stem}" if parent else path.stem)
 
 
 def weights_sha256(module: Any) -> str:

@@ -386,7 +386,8 @@ def _trainer(
     if settings["enable_progress_bar"] and not own_bar:
         # Lightning's default bar redraws and recomputes its metrics every step.
         settings["callbacks"] = [*callbacks, ThrottledProgressBar()]
-    elif "enable_progress_bar" not in options:  # off a terminal: a line per epoch instead
+    elif not settings["enable_progress_bar"] and "enable_progress_bar" not in options:
+        # off a terminal, and no bar of the user's: a line per epoch instead
         settings["callbacks"] = [*callbacks, EpochLines()]
     L.seed_everything(seed, verbose=False)
     try:

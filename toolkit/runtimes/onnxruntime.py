@@ -108,7 +108,9 @@ class OnnxRuntimeIOBindingRunner(OnnxRuntimeRunner):
 
     A binding is made once per input shape and kept: preparing another batch of the same
     shape copies it into the bound buffer, as a deployment feeding new inputs would, so
-    ``--include_copies`` times that copy and not the building of a new binding.
+    ``--include_copies`` times that copy and not the building of a new binding. So a
+    prepared input holds until the next :meth:`prepare` of its shape, and an output of
+    :meth:`infer` until the next :meth:`infer`; ``runner(x)`` returns a copy of its own.
     """
 
     name = "onnxruntime-iobinding"
@@ -122,7 +124,8 @@ class OnnxRuntimeIOBindingRunner(OnnxRuntimeRunner):
         if key in bound:
             binding, buffer = bound[key]
             if self.device.type == "cuda":
-                buffer.copy_(x.detach())  # host to device, into the bound memory
+                buffer.copy_(x.detach())  # into the bound memory, on torch's stream,
+                torch.cuda.current_stream(self.device).synchronize()  # done before ORT reads
             else:
                 buffer.update_inplace(x.detach().cpu().contiguous().numpy())
             return binding, buffer
@@ -133,7 +136,11 @@ class OnnxRuntimeIOBindingRunner(OnnxRuntimeRunner):
         ort = import_onnxruntime()
         binding = self.session.io_binding()
         if self.device.type == "cuda":
-            tensor = x.detach().to(self.device).contiguous()
+            # A buffer of its own: later batches of this shape are copied into it, which
+            # must never write into the caller's tensor (``.to`` may return that tensor).
+            tensor = torch.empty(tuple(x.shape), dtype=torch.float32, device=self.device)
+            tensor.copy_(x.detach())
+            torch.cuda.current_stream(self.device).synchronize()
             device_id = self.device.index or 0
             binding.bind_input(
                 name=self.input_name,
