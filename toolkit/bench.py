@@ -312,9 +312,15 @@ def bootstrap_ratio_ci(
     ratios = _resampled_medians(num, resamples, rng, max_draws) / _resampled_medians(
         den, resamples, rng, max_draws
     )
+    lo, hi = _percentile_interval(ratios, confidence)
+    return point, lo, hi
+
+
+def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The two-sided percentile interval of bootstrap ``values`` at ``confidence``."""
     alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.percentile(ratios, [100 * alpha, 100 * (1 - alpha)])
-    return point, float(lo), float(hi)
+    lo, hi = np.percentile(values, [100 * alpha, 100 * (1 - alpha)])
+    return float(lo), float(hi)
 
 
 def round_ratio_ci(
@@ -355,9 +361,8 @@ def round_ratio_ci(
     )  # (resamples, rounds): each round's ratio, its calls redrawn
     picks = rng.integers(0, rounds, size=(resamples, rounds))
     ratios = np.median(np.take_along_axis(per_round, picks, axis=1), axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.percentile(ratios, [100 * alpha, 100 * (1 - alpha)])
-    return point, float(min(lo, point)), float(max(hi, point))
+    lo, hi = _percentile_interval(ratios, confidence)
+    return point, min(lo, point), max(hi, point)
 
 
 def sample_from_sketch(quantiles: Sequence[float], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -1405,8 +1410,7 @@ def change_ci(
     old_draws = sample_from_sketch(old.quantiles_us, resamples * n_old, rng).reshape(resamples, -1)
     new_draws = sample_from_sketch(new.quantiles_us, resamples * n_new, rng).reshape(resamples, -1)
     ratios = np.median(new_draws, axis=1) / np.median(old_draws, axis=1)
-    alpha = (1 - BOOTSTRAP_CONFIDENCE) / 2
-    lo, hi = (float(v) for v in np.percentile(ratios, [100 * alpha, 100 * (1 - alpha)]))
+    lo, hi = _percentile_interval(ratios, BOOTSTRAP_CONFIDENCE)
     lo, hi = min(lo, point), max(hi, point)
     if len(old.round_p50s_us) > 1 and len(new.round_p50s_us) > 1:
         lo = min(lo, min(new.round_p50s_us) / max(old.round_p50s_us))
