@@ -382,6 +382,20 @@ def test_a_list_option_given_twice_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_list_options_have_no_append_form(tmp_path: Path) -> None:
+    # jsonargparse's --name+ would append to the default: --batch_sizes+ 32 sweeps 1..256 too
+    for argv, fragment in [
+        (["bench", "--checkpoint", "x.ckpt", "--batch_sizes+", "32"],
+         "--batch_sizes+ is not an option: --batch_sizes takes all its values in one"),
+        (["export", "--checkpoint", "x.ckpt", "--format+=onnx"],
+         "--format+ is not an option: --format takes all its values in one"),
+    ]:  # fmt: skip
+        assert_one_line_error(run_cli(*argv, cwd=tmp_path), 2, fragment)
+    for command, name in [("bench", "batch_sizes"), ("bench", "runtimes"), ("export", "format")]:
+        assert f"--{name}+" not in run_cli(command, "--help").stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_version() -> None:
     from importlib import metadata
 

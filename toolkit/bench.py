@@ -1564,7 +1564,7 @@ def bench_command(
         checkpoint: Weights of the run (``runs/<run>/model.ckpt``); eager, torch-compile
             and cuda-graph run this network.
         exports: Folder of exported artifacts (default: as ``export`` writes them,
-            ``exports/<run>``, or ``exports/<file stem>`` outside a run folder).
+            ``exports/<run>``, or ``exports/<folder>-<file stem>`` outside a run folder).
         runtimes: Runtime or format names to run (default all); eager always runs.
         device: ``cpu``, ``cuda`` or ``cpu,cuda``.
         batch_sizes: Batch sizes to sweep: ``[1,8]`` or ``1,8``.

@@ -125,8 +125,22 @@ def build_parser(only: str | None = None) -> Any:
             group = getattr(sub, "groups", {}).get("trainer")
             if group is not None:  # the texts below are Lightning's, so are their defaults
                 group.description = _TRAINER_HELP
+        _drop_append_forms(sub, _LIST_OPTIONS.get(name, ()))
         subcommands.add_subcommand(name, sub, help=_summary(fn))
     return parser
+
+
+def _drop_append_forms(parser: Any, names: tuple[str, ...]) -> None:
+    """Remove jsonargparse's ``--name+`` (append to the default) from these list options.
+
+    ``--batch_sizes+ 32`` would sweep 1, 8, 64, 256 and 32, and ``--format+ onnx`` would
+    add onnx to ``all``; each list option takes all its values in one (``--format
+    onnx,torchscript``), so the append form is neither offered in ``--help`` nor accepted.
+    """
+    for name in names:
+        action = parser._option_string_actions.pop(f"--{name}+", None)
+        if action is not None:
+            action.option_strings = [o for o in action.option_strings if o != f"--{name}+"]
 
 
 def _trainer_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +210,11 @@ def _check_repeated_lists(command: str | None, argv: list[str]) -> None:
     seen: set[str] = set()
     for arg in argv:
         name = arg.split("=", 1)[0][2:] if arg.startswith("--") else None
+        if name and name.endswith("+") and name[:-1] in lists:
+            raise UsageError(
+                f"--{name} is not an option: --{name[:-1]} takes all its values in one, "
+                f"e.g. --{name[:-1]} {_LIST_EXAMPLES[name[:-1]]}"
+            )
         if name not in lists:
             continue
         if name in seen:

@@ -497,7 +497,7 @@ def export_command(
         checkpoint: Weights file: a Lightning ``.ckpt``, a state_dict ``.pt`` or ``.safetensors``.
         format: Formats: names, comma-separated (``onnx,torchscript``), or ``all``.
         output_dir: Parent folder of the per-format folders; default exports/<run-name>
-            for weights in a run folder, else exports/<file name without suffix>.
+            for weights in a run folder, else exports/<folder>-<file name without suffix>.
         exporter: ONNX exporter: ``dynamo`` (default) or ``legacy`` (faster; some models need it).
         opset: ONNX opset; default: the exporter's choice.
         script: TorchScript via ``torch.jit.script`` instead of tracing.

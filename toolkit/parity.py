@@ -1195,7 +1195,8 @@ def verify_command(
     Args:
         checkpoint: The run's ``model.ckpt`` (or its ``model.pt``/``model.safetensors``).
         exports: Folder of exported artifacts (default: as ``export`` writes them,
-            ``exports/<run name>``, or ``exports/<file stem>`` outside a run folder).
+            ``exports/<run name>``, or ``exports/<folder>-<file stem>`` outside a run
+            folder).
         device: ``cpu`` or ``cuda``.
         atol: Absolute tolerance for value-judged formats, finite, >= 0.
         rtol: Relative tolerance for value-judged formats, finite, >= 0.
