@@ -376,6 +376,16 @@ def test_batch_size_of_the_whole_split_still_trains(tmp_path: Path, idx_dir: Pat
     assert result.epochs_run == 1
 
 
+def test_python_api_shows_no_warnings_the_user_cannot_act_on(
+    tmp_path: Path, idx_dir: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    # Lightning 2.6's _pytree trips torch 2.14's LeafSpec FutureWarning in fit and in test.
+    train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path),
+          trainer={"logger": False, "limit_val_batches": 1})  # fmt: skip
+    shown = [str(w.message) for w in recwarn]
+    assert not [m for m in shown if "LeafSpec" in m or "transfer_batch_to_device" in m], shown
+
+
 @pytest.mark.parametrize(("max_steps", "epochs", "steps"), [(5, 0, 5), (6, 1, 6), (13, 2, 13)])
 def test_epochs_run_counts_whole_epochs_only(
     tmp_path: Path, idx_dir: Path, max_steps: int, epochs: int, steps: int

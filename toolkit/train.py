@@ -446,12 +446,29 @@ def _accuracies(
     limit = trainer.limit_test_batches
     trainer.limit_test_batches = 1.0
     try:
-        return tuple(
-            float(trainer.test(model, dataloaders=loader, verbose=False)[0]["accuracy"])
-            for loader in loaders
-        )  # type: ignore[return-value]
+        with _known_warnings_quiet():
+            return tuple(
+                float(trainer.test(model, dataloaders=loader, verbose=False)[0]["accuracy"])
+                for loader in loaders
+            )  # type: ignore[return-value]
     finally:
         trainer.limit_test_batches = limit
+
+
+@contextlib.contextmanager
+def _known_warnings_quiet() -> Iterator[None]:
+    """Hide two warnings that tell a toolkit user nothing they can act on.
+
+    LightningModel's no-op CPU ``transfer_batch_to_device`` is meant to be used; and
+    Lightning's ``_pytree`` helper trips torch's ``LeafSpec`` FutureWarning (Lightning 2.6
+    with torch 2.14), once in ``fit`` and once in ``test``. Other warnings still show.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+        )
+        yield
 
 
 def _each_sample_once(loader: Any, trainer: L.Trainer) -> Any:
@@ -686,9 +703,7 @@ def _train_into(
         network=model, network_kwargs=model_kwargs, learning_rate=learning_rate
     )
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # LightningModel's own no-op CPU transfer is meant to be used; don't tell the user.
-        warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
+    with _known_warnings_quiet():
         pl_trainer.fit(lightning_model, datamodule=data)
     fit_seconds = time.perf_counter() - start
     if pl_trainer.received_sigterm:  # SIGTERM in the last step: fit ended without raising
