@@ -6,6 +6,7 @@ assertions are about counts, structure and decisions.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -467,7 +468,63 @@ def test_compare_treats_round_noise_and_small_changes_as_unchanged() -> None:
     (change,) = B.compare_reports(old, _report(_row("eager", 50.0)), 0.10)
     assert change.status == "improved"
     statuses = {c.status for c in B.compare_reports(old, _report(_row("x", 1.0)), 0.10)}
-    assert statuses == {"new", "missing"}
+    assert statuses == {"new", "not run"}  # this run did not ask for eager
+
+
+def test_compare_tells_missing_rows_from_rows_not_asked_for() -> None:
+    from toolkit.bench_report import print_changes
+
+    old = _report(_row("eager", 100.0), _row("onnxruntime", 10.0, format="onnx"),
+                  _row("torchscript", 50.0), _row("eager", 300.0, batch=8))  # fmt: skip
+    new = _report(_row("eager", 100.0))
+    new.skipped.append(B.Skipped("onnxruntime", "cpu", "failed to load", format="onnx"))
+    statuses = {(c.runtime, c.batch): c.status for c in B.compare_reports(old, new, 0.10)}
+    assert statuses == {("eager", 1): "unchanged", ("onnxruntime", 1): "missing",
+                        ("torchscript", 1): "not run", ("eager", 8): "not run"}  # fmt: skip
+    out = io.StringIO()
+    print_changes(B.compare_reports(old, new, 0.10), 0.10, file=out)
+    assert "torchscript" not in out.getvalue() and "missing" in out.getvalue()
+    assert "2 row(s) of the old report not shown: this run did not ask" in out.getvalue()
+
+
+def test_compare_by_eager_cancels_a_slower_machine_but_not_a_slower_runtime() -> None:
+    old = _report(_row("eager", 100.0), _row("onnxruntime", 10.0, format="onnx"))
+    slow_machine = _report(_row("eager", 150.0), _row("onnxruntime", 15.0, format="onnx"))
+    by_p50 = {c.runtime: c for c in B.compare_reports(old, slow_machine, 0.10)}
+    assert by_p50["onnxruntime"].status == by_p50["eager"].status == "regressed"
+    assert by_p50["onnxruntime"].vs_eager == pytest.approx(1.0, abs=0.02)
+    lo, hi = by_p50["onnxruntime"].vs_eager_ci
+    assert lo <= by_p50["onnxruntime"].vs_eager <= hi
+    assert by_p50["eager"].vs_eager is None  # eager is the reference, not compared with itself
+    assert "rerun, or judge by --compare_by eager" in B.machine_hint(by_p50.values())
+    by_eager = {c.runtime: c for c in B.compare_reports(old, slow_machine, 0.10, by="eager")}
+    assert by_eager["onnxruntime"].status == "unchanged"
+    assert by_eager["eager"].status == "reference"
+    # The runtime itself slowed down while eager did not: a regression either way, no hint.
+    slow_runtime = _report(_row("eager", 100.0), _row("onnxruntime", 15.0, format="onnx"))
+    for by in B.COMPARE_BY:
+        changes = {c.runtime: c for c in B.compare_reports(old, slow_runtime, 0.10, by=by)}
+        assert changes["onnxruntime"].status == "regressed"
+        assert changes["onnxruntime"].vs_eager == pytest.approx(1.5, rel=0.03)
+    assert B.machine_hint(B.compare_reports(old, slow_runtime, 0.10)) is None
+    # Only eager slowed down: torch's own regression, not the machine.
+    slow_eager = _report(_row("eager", 150.0), _row("onnxruntime", 10.0, format="onnx"))
+    assert B.machine_hint(B.compare_reports(old, slow_eager, 0.10)) is None
+    with pytest.raises(UsageError, match="--compare_by must be one of p50, eager"):
+        B.compare_reports(old, old, 0.10, by="median")
+
+
+def test_compare_table_shows_the_change_relative_to_eager() -> None:
+    from toolkit.bench_report import print_changes
+
+    old = _report(_row("eager", 100.0), _row("onnxruntime", 10.0, format="onnx"))
+    new = _report(_row("eager", 150.0), _row("onnxruntime", 15.0, format="onnx"))
+    out = io.StringIO()
+    print_changes(B.compare_reports(old, new, 0.10, by="eager"), 0.10, file=out, by="eager")
+    text = out.getvalue()
+    assert "vs eager" in text and "relative to eager's" in text and "reference" in text
+    (line,) = [ln for ln in text.splitlines() if "onnxruntime (onnx)" in ln]
+    assert re.search(r"\+50\.\d% .*unchanged", line)
 
 
 def test_report_json_round_trip(tmp_path: Path) -> None:

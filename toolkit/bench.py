@@ -1378,7 +1378,11 @@ class RowChange:
     new_p50_us: float | None
     ratio: float | None
     ratio_ci: list[float] | None
-    status: str  # regressed, improved, unchanged, new, missing
+    status: str  # regressed, improved, unchanged, new, missing, not run (, reference)
+    #: The row's change divided by eager's change on the same device and batch, and its
+    #: interval: a machine that got slower as a whole moves both and cancels here.
+    vs_eager: float | None = None
+    vs_eager_ci: list[float] | None = None
 
     @property
     def label(self) -> str:
@@ -1438,17 +1442,41 @@ def comparability_notes(old: BenchReport, new: BenchReport) -> list[str]:
     return notes
 
 
-def compare_reports(old: BenchReport, new: BenchReport, threshold: float = 0.10) -> list[RowChange]:
+#: What ``--compare_by`` may judge a row's change by.
+COMPARE_BY = ("p50", "eager")
+
+
+def _change_status(lo: float, hi: float, threshold: float) -> str:
+    if lo > 1 + threshold:
+        return "regressed"
+    if hi < 1 / (1 + threshold):
+        return "improved"
+    return "unchanged"
+
+
+def compare_reports(
+    old: BenchReport, new: BenchReport, threshold: float = 0.10, by: str = "p50"
+) -> list[RowChange]:
     """Per-row change of p50 from ``old`` to ``new``.
 
     A row **regressed** when the lower bound of the confidence interval of new/old p50
     (:func:`change_ci`) exceeds ``1 + threshold``: the slowdown is beyond the threshold
     and beyond the noise. It **improved** when the upper bound is below
     ``1 / (1 + threshold)``. Otherwise it is **unchanged** (within threshold or noise).
-    Rows in only one report are **new** or **missing**.
+    Rows in only one report are **new** or **missing**; an old row whose runtime, device
+    or batch size this run did not ask for is **not run**.
+
+    Every row that eager ran beside in both reports (same device and batch) also gets its
+    change relative to eager's: row change / eager change, with the interval
+    ``[lo / eager hi, hi / eager lo]``. With ``by="eager"`` the status is judged on that
+    instead, so a machine that was slower as a whole for one of the runs does not read as a
+    regression; eager's own rows are then the **reference**, and a row eager did not run
+    beside is judged on its p50.
     """
     if threshold < 0:
         raise UsageError(f"--regression_threshold must be >= 0, got {threshold}")
+    if by not in COMPARE_BY:
+        raise UsageError(f"--compare_by must be one of {', '.join(COMPARE_BY)}; got {by!r}")
     old_rows = {row.key: row for row in old.rows}
     changes = []
     for row in new.rows:
@@ -1459,17 +1487,46 @@ def compare_reports(old: BenchReport, new: BenchReport, threshold: float = 0.10)
             )
             continue
         point, lo, hi = change_ci(before, row)
-        status = "unchanged"
-        if lo > 1 + threshold:
-            status = "regressed"
-        elif hi < 1 / (1 + threshold):
-            status = "improved"
         changes.append(
-            RowChange(*row.key, before.p50_us, row.p50_us, point, [lo, hi], status)  # type: ignore[misc]
-        )
+            RowChange(*row.key, before.p50_us, row.p50_us, point, [lo, hi],  # type: ignore[misc]
+                      _change_status(lo, hi, threshold))
+        )  # fmt: skip
+    eager = {(c.device, c.batch): c for c in changes if c.runtime == "eager" and c.ratio_ci}
+    for change in changes:
+        reference = eager.get((change.device, change.batch))
+        if change.ratio_ci is None or reference is None or change is reference:
+            continue
+        (lo, hi), (ref_lo, ref_hi) = change.ratio_ci, reference.ratio_ci
+        change.vs_eager = change.ratio / reference.ratio  # type: ignore[operator]
+        change.vs_eager_ci = [lo / ref_hi, hi / ref_lo]  # type: ignore[index]
+        if by == "eager":
+            change.status = _change_status(*change.vs_eager_ci, threshold)
+    if by == "eager":
+        for reference in eager.values():
+            reference.status = "reference"
+    ran = {r.runtime for r in new.rows} | {skip.runtime for skip in new.skipped}
     for key, before in old_rows.items():
-        changes.append(RowChange(*key, before.p50_us, None, None, None, "missing"))  # type: ignore[misc]
+        asked = before.runtime in ran and before.device in new.devices
+        status = "missing" if asked and before.batch in new.batch_sizes else "not run"
+        changes.append(RowChange(*key, before.p50_us, None, None, None, status))  # type: ignore[misc]
     return changes
+
+
+def machine_hint(changes: Sequence[RowChange]) -> str | None:
+    """A line for when every p50 regression moved with eager's: the machine, not the code.
+
+    Returns None unless some row other than eager regressed, and no such row is slower
+    than eager beyond noise (the lower bound of its ``vs_eager_ci`` is at most 1). When only
+    eager regressed, eager itself got slower: that is no machine effect.
+    """
+    regressed = [c for c in changes if c.status == "regressed" and c.runtime != "eager"]
+    if not regressed or any(c.vs_eager_ci is None or c.vs_eager_ci[0] > 1 for c in regressed):
+        return None
+    return (
+        "note: eager slowed down as much as every regressed row (vs eager within noise); "
+        "the whole run may have been slower (machine load, clock): rerun, or judge by "
+        "--compare_by eager"
+    )
 
 
 # -- the CLI verb --------------------------------------------------------------------------
@@ -1550,6 +1607,7 @@ def bench_command(
     output_dir: str | None = None,
     compare: str | None = None,
     regression_threshold: float = 0.10,
+    compare_by: str = "p50",
     trust_pickled_file: bool = False,
     model: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
@@ -1581,6 +1639,9 @@ def bench_command(
         compare: An earlier ``bench.json``: print each row's change; fail on regressions.
         regression_threshold: Relative slowdown of p50 that counts as a regression, when
             the confidence interval also rules out noise.
+        compare_by: ``p50`` judges each row's own change; ``eager`` judges its change
+            relative to eager's on the same device and batch, which cancels a machine that
+            was slower as a whole, but cannot see a change of eager itself.
         trust_pickled_file: Allow unpickling a checkpoint you trust.
         model: Network registry name, for a weights file that does not record it.
         model_kwargs: Constructor kwargs of ``model``.
@@ -1615,7 +1676,9 @@ def bench_command(
     )
     protocol.validate()
     if not (math.isfinite(regression_threshold) and regression_threshold > 0):
-        raise UsageError(f"regression_threshold must be above 0, got {regression_threshold}")
+        raise UsageError(f"--regression_threshold must be above 0, got {regression_threshold}")
+    if compare_by not in COMPARE_BY:
+        raise UsageError(f"--compare_by must be one of {', '.join(COMPARE_BY)}; got {compare_by!r}")
     old = BenchReport.load(compare) if compare else None
     network = load_network(ckpt, model, model_kwargs, trust_pickled_file)
     shape = input_shape_of(network)
@@ -1687,15 +1750,19 @@ def bench_command(
     write_outputs(report, out_dir)
     print(f"wrote {out_dir / BENCH_JSON}, {BENCH_MD}, {BENCH_PNG}")
     if old is not None:
-        changes = compare_reports(old, report, regression_threshold)
-        print_changes(changes, regression_threshold)
+        changes = compare_reports(old, report, regression_threshold, compare_by)
+        print_changes(changes, regression_threshold, by=compare_by)
         for note in comparability_notes(old, report):
             print(f"warning: {note}; a change may come from that, not from the code")
+        hint = machine_hint(changes) if compare_by == "p50" else None
+        if hint:
+            print(hint)
         regressed = [c for c in changes if c.status == "regressed"]
         if regressed:
             names = ", ".join(f"{c.label} {c.device} batch {c.batch}" for c in regressed)
+            what = "" if compare_by == "p50" else " relative to eager"
             raise CheckFailedError(
-                f"{len(regressed)} row(s) regressed by more than "
+                f"{len(regressed)} row(s) regressed{what} by more than "
                 f"{regression_threshold:.0%} beyond noise against {compare}: {names}"
             )
     _fail_on_tampered(report)

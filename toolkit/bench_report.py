@@ -243,14 +243,20 @@ def change_rows(changes: Sequence[RowChange]) -> list[dict[str, Any]]:
                 "new": c.new_p50_us,
                 "change": None if c.ratio is None else f"{c.ratio - 1:+.1%}",
                 "ci": None if ci is None else f"[{ci[0] - 1:+.1%}, {ci[1] - 1:+.1%}]",
+                "vs_eager": None if c.vs_eager is None else f"{c.vs_eager - 1:+.1%}",
+                "vs_eager_ci": None
+                if c.vs_eager_ci is None
+                else f"[{c.vs_eager_ci[0] - 1:+.1%}, {c.vs_eager_ci[1] - 1:+.1%}]",
                 "status": c.status,
             }
         )
     return out
 
 
-def print_changes(changes: Sequence[RowChange], threshold: float, file: Any = None) -> None:
-    """Print the per-row change of p50 against an earlier report."""
+def print_changes(
+    changes: Sequence[RowChange], threshold: float, file: Any = None, by: str = "p50"
+) -> None:
+    """Print the per-row change of p50 (and relative to eager) against an earlier report."""
     cols = [
         Column("label", "runtime", justify="left"),
         Column("device", "device", justify="left"),
@@ -259,10 +265,23 @@ def print_changes(changes: Sequence[RowChange], threshold: float, file: Any = No
         Column("new", "new p50", _us),
         Column("change", "change"),
         Column("ci", "95% CI"),
+        Column("vs_eager", "vs eager"),
+        Column("vs_eager_ci", "95% CI"),
         Column("status", "status", justify="left"),
     ]
 
     styles = {"regressed": "bold red", "improved": "green", "missing": "yellow"}
-    title = f"change of p50 (regression: CI lower bound above +{threshold:.0%})"
-    table = rich_table(change_rows(changes), cols, title, lambda r: styles.get(r["status"]))
+    judged = "p50" if by == "p50" else "p50 relative to eager's"
+    title = (
+        f"change of p50 (vs eager: divided by eager's change; regression: {judged} CI lower "
+        f"bound above +{threshold:.0%})"
+    )
+    shown = [c for c in changes if c.status != "not run"]
+    table = rich_table(change_rows(shown), cols, title, lambda r: styles.get(r["status"]))
     print_table(table, file=file, width=table_width(file))
+    if len(shown) < len(changes):
+        print(
+            f"{len(changes) - len(shown)} row(s) of the old report not shown: this run did "
+            "not ask for their runtime, device or batch size",
+            file=file,
+        )
