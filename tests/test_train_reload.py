@@ -162,6 +162,18 @@ def test_evaluate_prints_the_tutorial_line(run, idx_dir: Path, capsys) -> None:
     assert from_weights == result
 
 
+def test_evaluate_uses_the_split_the_run_trained_on(tmp_path: Path, idx_dir: Path) -> None:
+    # One step: a half-trained network scores two different val splits differently.
+    run = train(data_dir=str(idx_dir), max_epochs=1, seed=7, output_dir=str(tmp_path),
+                trainer={"logger": False, "limit_train_batches": 1})  # fmt: skip
+    scores = evaluate(checkpoint=str(Path(run.run_dir) / "model.ckpt"))  # data and seed: run's
+    assert (scores["train_acc"], scores["val_acc"]) == pytest.approx((run.train_acc, run.val_acc))
+    other_split = evaluate(checkpoint=str(Path(run.run_dir) / "model.ckpt"), seed=42)
+    assert other_split["val_acc"] != pytest.approx(run.val_acc)  # the test can tell splits apart
+    with pytest.raises(UsageError, match="--seed must be 0 to"):
+        evaluate(checkpoint=str(Path(run.run_dir) / "model.ckpt"), seed=-1)
+
+
 def test_cnn_trains_and_reloads(tmp_path: Path, idx_dir: Path) -> None:
     result = train(
         model="cnn",

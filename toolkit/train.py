@@ -776,7 +776,7 @@ def evaluate(
     dataset: str | None = None,
     data_dir: str | None = None,
     batch_size: int = 1000,
-    seed: int = 42,
+    seed: int | None = None,
     accelerator: str = "auto",
     trust_pickled_file: bool = False,
 ) -> dict[str, float]:
@@ -790,7 +790,8 @@ def evaluate(
     ``batch_size`` is the evaluation batch; it changes no accuracy, and 1000 takes far fewer
     Lightning steps than the tutorial's 64. The network must take the data set's samples
     and give one score per class. Without ``dataset`` and ``data_dir``, the data set and
-    data folder recorded in the run folder's ``run.json`` are used, if there is one.
+    data folder recorded in the run folder's ``run.json`` are used, if there is one; without
+    ``seed``, the seed it records (so the train/val split is the one the run trained on).
 
     Args:
         checkpoint: A Lightning .ckpt (loaded with load_from_checkpoint), or any weights
@@ -801,7 +802,7 @@ def evaluate(
         dataset: fashion-mnist, mnist or kmnist (default: the run's, else fashion-mnist).
         data_dir: Folder with the IDX files (default: the run's, else the usual lookup).
         batch_size: Evaluation batch size; it changes no accuracy.
-        seed: Seed of the train/val split (42, as in training).
+        seed: Seed of the train/val split (default: the run's, else 42 as in training).
         accelerator: Lightning accelerator: auto, cpu, gpu, ...
         trust_pickled_file: Allow arbitrary unpickling (only for files you trust).
 
@@ -838,6 +839,11 @@ def evaluate(
         data_dir = info.get("data_dir")
     if dataset is None:
         dataset = info.get("dataset", DEFAULT_DATASET)
+    if seed is None:  # the split the run trained on: its val samples were never trained on
+        recorded = info.get("seed")
+        usable = type(recorded) is int and 0 <= recorded <= 2**32 - 1
+        seed = recorded if usable else 42
+    _check_numbers(0, 1.0, seed)
     data = MNISTDataModule(data_dir, dataset, batch_size, seed)
     data.prepare_data()
     # Kwargs the user gave are a wrong call; a file's own network that does not fit is the
