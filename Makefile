@@ -47,4 +47,4 @@ bench: data
 # Removes what `make run` and the benchmarks wrote; other runs and exports are kept.
 clean:
 	$(if $(strip $(RUN)),,$(error RUN is empty: make clean would remove every run))
-	rm -rf "runs/$(RUN)" "exports/$(RUN)" .pytest_cache .benchmarks
+	rm -rf "runs/$(RUN)" "exports/$(RUN)" .benchmarks .hypothesis .ruff_cache

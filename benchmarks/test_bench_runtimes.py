@@ -3,7 +3,7 @@
 Run from the repository root: ``pytest --benchmark-only`` (add ``--benchmark-json
 out.json`` for the figures). ``make test`` does not run it; ``tox -e bench`` does.
 
-Timing follows PITFALLS: ``benchmark.pedantic`` with one call per round
+Timing avoids the usual traps: ``benchmark.pedantic`` with one call per round
 (``iterations=1``), explicit warm-up rounds, inputs already on the device, and on CUDA a
 ``torch.cuda.synchronize()`` inside the timed function, so asynchronous work is counted.
 pytest-benchmark reports no percentiles; ``toolkit bench`` does.

@@ -513,7 +513,9 @@ def test_accuracies_count_every_sample_and_files_lists_only_written_files(
 
 def test_run_json_lists_the_logged_files(run) -> None:
     files = json.loads((Path(run.run_dir) / "run.json").read_text())["files"]
-    assert set(files) == {"checkpoint", "state_dict", "safetensors", "metrics", "epochs"}
+    assert set(files) == {
+        "checkpoint", "state_dict", "safetensors", "metrics", "epochs", "hparams"
+    }  # fmt: skip
     assert all((Path(run.run_dir) / name).is_file() for name in files.values())
 
 

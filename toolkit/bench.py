@@ -88,7 +88,7 @@ IO_COPIES = "host->device copy + infer + device->host copy timed per call (--inc
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_CONFIDENCE, BOOTSTRAP_SEED = 1000, 0.95, 0
 #: Draws per side in a bootstrap resample (caps memory and time; widens the interval a bit).
 BOOTSTRAP_MAX_DRAWS = 3000
-#: Batch size of the quick parity check (closest to it among the benchmarked sizes).
+#: Random batches per benchmarked batch size in the quick parity check.
 QUICK_CHECK_BATCHES = 4
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
 PASS, FAIL, UNCHECKED = "PASS", "FAIL", "UNCHECKED"
@@ -1629,7 +1629,8 @@ def bench_command(
         threads: Intra-op threads for every runtime (default: every usable core).
         min_calls: Timed calls per (runtime, device, batch), at least.
         min_time: Timed seconds per (runtime, device, batch), at least.
-        max_time: Timed seconds per (runtime, device, batch), at most (may cut min_calls).
+        max_time: Timed seconds per (runtime, device, batch), at most (may cut min_calls;
+            raised to min_time if lower).
         warmup_calls: Untimed calls before timing, at least.
         warmup_time: Untimed seconds before timing, at least.
         rounds: Interleaved rounds the timed calls are split into.

@@ -331,7 +331,8 @@ class MNISTDataModule(L.LightningDataModule):
     Args:
         data_dir: Folder with the IDX files; None searches the cache, Debian, then downloads.
         dataset: ``fashion-mnist`` (default), ``mnist`` or ``kmnist``.
-        batch_size: Batch size of every loader (64, as in the tutorial).
+        batch_size: Batch size of the training loader (64, as in the tutorial), and of
+            the others when ``eval_batch_size`` is None.
         seed: Seed of the train/val split (42, as in the tutorial).
         val_size: Validation samples taken from the train split; None means 1/12 of it
             (55,000/5,000 on the full 60,000).

@@ -97,7 +97,7 @@ class ArtifactFile:
 
 @dataclasses.dataclass
 class Manifest:
-    """Schema of ``manifest.json``; see the README's "Manifest" section."""
+    """Schema of ``manifest.json``; the README's Export section lists its fields."""
 
     format: str
     runtime: str

@@ -261,7 +261,10 @@ class LightningModel(L.LightningModule):
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        """Cross-entropy loss; logs ``train_loss`` every ``log_every_n_steps`` and per epoch."""
+        """Cross-entropy loss; logs ``train_loss_step`` every ``log_every_n_steps`` steps.
+
+        ``train_loss`` and ``train_acc`` are logged per epoch, in ``on_train_epoch_end``.
+        """
         loss, true_labels, predicted_labels = self._shared_step(batch)
         detached = loss.detach()
         self._train_outputs.append((detached, predicted_labels, true_labels))

@@ -69,6 +69,7 @@ _FILES: dict[str, str] = {
     "safetensors": SAFETENSORS,
     "metrics": METRICS_CSV,
     "epochs": EPOCHS_CSV,
+    "hparams": "hparams.yaml",  # Lightning's CSV logger writes it
 }
 _STAGING_ENV = "TOOLKIT_TRAIN_STAGING"
 #: Default Adam learning rates, measured on Fashion-MNIST over 10 epochs (test accuracy):

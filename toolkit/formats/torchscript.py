@@ -1,8 +1,9 @@
-"""TorchScript (legacy): ``torch.jit.trace`` checked at other batch sizes, or ``torch.jit.script``.
+"""TorchScript (legacy): ``torch.jit.trace`` checked at a second batch size, or ``torch.jit.script``.
 
 TorchScript is deprecated since PyTorch 2.9 but still asked for; the manifest says so.
 Tracing freezes shape-dependent branches, so the trace is re-run with ``check_inputs`` at
-batch sizes other than the example's: a model whose graph depends on the batch fails here.
+batch size 1 (the example's batch is larger): a model whose graph depends on the batch fails
+here.
 The artifact loads with plain ``torch.jit.load``.
 """
 
@@ -65,7 +66,7 @@ def script_module(model: nn.Module) -> torch.jit.ScriptModule:
 
 
 def trace_module(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``torch.jit.trace`` with ``check_inputs`` at other batch sizes."""
+    """``torch.jit.trace`` with ``check_inputs`` at :func:`check_batch_sizes`."""
     checks = [(resize_batch(example, b),) for b in check_batch_sizes(example)]
     return torch.jit.trace(model, (example,), check_inputs=checks)
 
