@@ -1,4 +1,4 @@
-"""TorchScript (legacy): ``torch.jit.trace`` checked at a second batch size, or ``torch.jit.script``.
+"""TorchScript (legacy): ``torch.jit.trace`` checked at a second batch, or ``torch.jit.script``.
 
 TorchScript is deprecated since PyTorch 2.9 but still asked for; the manifest says so.
 Tracing freezes shape-dependent branches, so the trace is re-run with ``check_inputs`` at
