@@ -593,6 +593,27 @@ def test_tampered_artifact_fails_its_integrity_check(
     assert rows["torchscript"].status == PASS
 
 
+def test_sigterm_during_a_row_stops_verify_and_keeps_the_old_report(
+    trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from toolkit.errors import TerminatedError
+    from toolkit.runtimes.torchscript import TorchScriptRunner
+
+    exports = _copy(artifacts, tmp_path)
+    verify_command(str(trained_run / "model.ckpt"), str(exports), data_dir=str(idx_dir), limit=32)
+    before = {p.name: p.read_bytes() for p in exports.glob("parity.*")}
+    assert set(before) == {"parity.json", "parity.md"}
+
+    def terminated(self: object) -> float:
+        raise TerminatedError("terminated")  # what the CLI's SIGTERM handler raises
+
+    monkeypatch.setattr(TorchScriptRunner, "load", terminated)
+    with pytest.raises(TerminatedError):  # once a failing torchscript row, and a new report
+        verify_command(str(trained_run / "model.ckpt"), str(exports), data_dir=str(idx_dir),
+                       limit=32)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in exports.glob("parity.*")} == before
+
+
 def test_cli_names_the_changed_onnx_row(
     trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
 ) -> None:

@@ -278,7 +278,8 @@ def test_killed_training_leaves_nothing_partial(tmp_path: Path, idx_dir: Path) -
     assert sorted(p.name for p in out.iterdir()) == ["r"]  # the killed run's leftovers are gone
 
 
-def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path, signum: int) -> None:
     out = tmp_path / "bench"
     out.mkdir()
     (out / "bench.json").write_text("OLD REPORT")
@@ -310,8 +311,11 @@ def test_killed_bench_keeps_the_old_report(tmp_path: Path, trained_run: Path) ->
     for line in proc.stderr:  # kill once timing has started
         if line.startswith("bench:"):
             break
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum)
     proc.wait(timeout=30)
+    if signum == signal.SIGTERM:  # once caught as a failing eager row: exit 0, report replaced
+        assert proc.returncode == 143
+        assert [ln for ln in proc.stderr.read().splitlines() if ln][-1] == "toolkit: terminated"
     assert (out / "bench.json").read_text() == "OLD REPORT"
     assert sorted(p.name for p in out.iterdir()) == ["bench.json"]
     rerun = run_cli(*args, "--min_time", "0.05", "--min_calls", "10")

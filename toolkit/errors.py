@@ -80,8 +80,13 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-class TerminatedError(ToolkitError):
+class TerminatedError(BaseException):
     """The process got SIGTERM. The CLI prints ``toolkit: terminated`` and exits 143
-    (128 + SIGTERM, as a shell reports a process killed by it)."""
+    (128 + SIGTERM, as a shell reports a process killed by it).
+
+    Like ``KeyboardInterrupt`` it is no ``Exception``: the handlers that keep one failing
+    runtime or artifact from stopping the others (``except Exception``) must not swallow
+    it, or a terminated bench would go on and publish a report.
+    """
 
     exit_code = 143
