@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -62,6 +63,69 @@ def test_trust_option_is_explicit(tmp_path: Path, trained_run: Path) -> None:
     bad = _malicious_file(tmp_path / "evil.ckpt", marker, trained_run)
     read_torch_file(bad, trust_pickled_file=True)  # the user said they trust it
     assert marker.exists()
+
+
+def test_trust_covers_the_named_file_only(tmp_path: Path, trained_run: Path) -> None:
+    """verify also reloads the run's other weight files; trusting model.ckpt once extended
+    to a planted model.pt beside it, and to any path run.json's ``files`` named."""
+    from toolkit.parity import reload_sources, verify
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "model.ckpt", run / "model.ckpt")
+    info = json.loads((trained_run / "run.json").read_text())
+    info["files"] = {"checkpoint": "model.ckpt", "state_dict": "model.pt",
+                     "safetensors": "../elsewhere/evil.safetensors"}  # fmt: skip
+    (run / "run.json").write_text(json.dumps(info))
+    marker = tmp_path / "pwned"
+    planted = torch.load(trained_run / "model.pt", weights_only=True)
+    planted["payload"] = _RunsCode(marker)
+    torch.save(planted, run / "model.pt")
+    assert set(reload_sources(run / "model.ckpt")) == {"checkpoint", "state_dict"}
+    (tmp_path / "exports").mkdir()
+    report = verify(run / "model.ckpt", tmp_path / "exports", limit=8, trust_pickled_file=True)
+    rows = {row.name: row for row in report.rows}
+    assert not marker.exists()
+    assert "refusing to load" in rows["reload:model.pt"].error
+    assert rows["reload:model.ckpt"].status == "PASS"
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        (b"[1, 2]", "does not record its network"),  # not an object: ignored
+        (b"\xff\xfe", "does not record its network"),  # not UTF-8: ignored
+        (b'{"network": "mlp", "network_kwargs": "abc"}', "network_kwargs that are not JSON"),
+        (b'{"network": 5}', "network name that is not text"),
+        (b'{"network": "mlp", "network_kwargs": {"num_features": -5}}', "bad arguments for"),
+    ],
+)
+def test_malformed_run_json_is_one_clear_line(
+    tmp_path: Path, trained_run: Path, sidecar: bytes, message: str
+) -> None:
+    shutil.copy(trained_run / "model.pt", tmp_path / "model.pt")
+    (tmp_path / "run.json").write_bytes(sidecar)
+    proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "model.pt"))
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    assert_one_line_error(proc, proc.returncode, message)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(hyper_parameters=[1]), "hyper_parameters that are not a mapping"),
+        (lambda c: c["state_dict"].update(extra=3), "values are not all tensors"),
+        (lambda c: c["hyper_parameters"].update(network_kwargs="abc"), "are not JSON"),
+    ],
+)
+def test_checkpoint_with_wrong_contents_is_one_clear_line(
+    tmp_path: Path, trained_run: Path, change: Any, message: str
+) -> None:
+    checkpoint = torch.load(trained_run / "model.ckpt", weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match=message):
+        load_network(tmp_path / "odd.ckpt", "mlp")
 
 
 @pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.safetensors"])

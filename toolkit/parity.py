@@ -36,7 +36,6 @@ in the report. The smallest passing tolerances are ``min_atol`` (at the row's rt
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -629,12 +628,18 @@ def reload_sources(checkpoint: Path) -> dict[str, Path]:
         "state_dict": "model.pt",
         "safetensors": "model.safetensors",
     }
-    names.update({k: v for k, v in (info.get("files") or {}).items() if k in names})
+    files = info.get("files")
+    if isinstance(files, dict):  # plain names in the run folder only: nothing from elsewhere
+        names.update({k: v for k, v in files.items() if k in names and _plain_file_name(v)})
     found = {key: checkpoint.parent / name for key, name in names.items()}
     found = {key: path for key, path in found.items() if path.is_file()}
     if checkpoint.suffix == ".ckpt":
         found["checkpoint"] = checkpoint
     return found
+
+
+def _plain_file_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
 
 
 def _reload_plans(
@@ -648,14 +653,18 @@ def _reload_plans(
 ) -> list[RowPlan]:
     from toolkit.reload import load_lightning_model, load_network
 
+    def trusted(path: Path) -> bool:
+        # --trust_pickled_file names one file: the run's other weight files are not trusted.
+        return trust and path.resolve() == checkpoint.resolve()
+
     def network(path: Path) -> Any:
-        return load_network(path, model, model_kwargs, trust_pickled_file=trust)
+        return load_network(path, model, model_kwargs, trust_pickled_file=trusted(path))
 
     def lightning(path: Path) -> Any:
         # A network named on the command line is built the way the reference was (the
         # checkpoint may not record it); otherwise the tutorial's way, from its hparams.
         given = network(path) if model is not None or model_kwargs else None
-        return load_lightning_model(path, model=given, trust_pickled_file=trust)
+        return load_lightning_model(path, model=given, trust_pickled_file=trusted(path))
 
     def plan(name: str, fmt: str, load: Callable[[Path], Any], path: Path) -> RowPlan:
         row = ParityRow(name, fmt, "eager", "reload", str(path), Tolerances.exact())
@@ -983,10 +992,9 @@ def _check_device(device: str) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+    from toolkit.reload import read_json_object
+
+    return read_json_object(path)
 
 
 def environment() -> dict[str, str]:

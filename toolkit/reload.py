@@ -91,14 +91,44 @@ def _strip_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
     return {k[len(MODEL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when the file is missing, unreadable, not UTF-8,
+    not JSON or not an object (``run.json`` and sidecars only add to what a file says)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _sidecar(path: Path) -> dict[str, Any]:
     for candidate in (path.with_suffix(".json"), path.parent / RUN_INFO):
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError):
-                return {}
+            return read_json_object(candidate)
     return {}
+
+
+def _network_fields(name: Any, kwargs: Any, source: str) -> tuple[str | None, dict[str, Any]]:
+    """The network name and kwargs a file records, checked: a string and a JSON object."""
+    if name is not None and not isinstance(name, str):
+        raise CheckpointError(f"{source} records a network name that is not text: {name!r}")
+    if isinstance(kwargs, str):  # safetensors metadata holds JSON text
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            raise CheckpointError(f"{source} records network_kwargs that are not JSON") from None
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"{source} records network_kwargs that are not an object: {kwargs!r}")
+    return name, dict(kwargs)
+
+
+def _check_tensors(state_dict: dict[Any, Any], path: Path) -> None:
+    if not all(isinstance(k, str) for k in state_dict):
+        raise CheckpointError(f"{path} is not a state_dict: its keys are not all names")
+    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path} is not a state_dict: its values are not all tensors")
 
 
 def read_weights(
@@ -112,8 +142,10 @@ def read_weights(
     path = Path(path)
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
-        kwargs = json.loads(metadata.get("network_kwargs", "{}"))
-        return tensors, metadata.get("network"), kwargs
+        name, kwargs = _network_fields(
+            metadata.get("network"), metadata.get("network_kwargs"), str(path)
+        )
+        return tensors, name, kwargs
     obj = read_torch_file(path, trust_pickled_file)
     if not isinstance(obj, dict):
         raise CheckpointError(
@@ -121,14 +153,22 @@ def read_weights(
         )
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         hparams = obj.get("hyper_parameters") or {}
+        if not isinstance(hparams, dict):
+            raise CheckpointError(f"{path} has hyper_parameters that are not a mapping")
+        _check_tensors(obj["state_dict"], path)
         state_dict = _strip_prefix(obj["state_dict"])
-        return state_dict, hparams.get("network"), dict(hparams.get("network_kwargs") or {})
+        name, kwargs = _network_fields(
+            hparams.get("network"), hparams.get("network_kwargs"), str(path)
+        )
+        return state_dict, name, kwargs
     if path.suffix == ".ckpt":
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} is not a state_dict: its values are not all tensors")
+    _check_tensors(obj, path)
     info = _sidecar(path)
-    return obj, info.get("network"), dict(info.get("network_kwargs") or {})
+    name, kwargs = _network_fields(
+        info.get("network"), info.get("network_kwargs"), f"{path}'s sidecar JSON"
+    )
+    return obj, name, kwargs
 
 
 def is_lightning_checkpoint(path: str | Path, trust_pickled_file: bool = False) -> bool:

@@ -47,7 +47,13 @@ from toolkit.errors import (
 )
 from toolkit.models import build_model, input_shape_of
 from toolkit.module import LightningModel
-from toolkit.reload import RUN_INFO, is_lightning_checkpoint, load_lightning_model, load_network
+from toolkit.reload import (
+    RUN_INFO,
+    is_lightning_checkpoint,
+    load_lightning_model,
+    load_network,
+    read_json_object,
+)
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
@@ -836,10 +842,11 @@ def evaluate(
         source = Path(weights)  # type: ignore[arg-type]
         name = model or type(net).__name__
     info = _run_info(source)
+    recorded = {k: v for k, v in info.items() if isinstance(v, str)}  # a run.json's text
     if dataset is None and data_dir is None:  # the data the run was trained on
-        data_dir = info.get("data_dir")
+        data_dir = recorded.get("data_dir")
     if dataset is None:
-        dataset = info.get("dataset", DEFAULT_DATASET)
+        dataset = recorded.get("dataset", DEFAULT_DATASET)
     if seed is None:  # the split the run trained on: its val samples were never trained on
         recorded = info.get("seed")
         usable = type(recorded) is int and 0 <= recorded <= 2**32 - 1
@@ -874,8 +881,4 @@ def evaluate(
 
 
 def _run_info(path: Path) -> dict[str, Any]:
-    info = path.parent / RUN_INFO
-    try:
-        return json.loads(info.read_text()) if info.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json_object(path.parent / RUN_INFO)

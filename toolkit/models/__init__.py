@@ -31,8 +31,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     builder = MODELS.get(name)
     try:
         return builder(**kwargs)
-    except TypeError as exc:
-        raise UsageError(f"bad arguments for model '{name}': {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # wrong names, types or sizes
+        message = " ".join(str(exc).split())
+        raise UsageError(f"bad arguments for model '{name}': {message}") from None
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:
