@@ -559,8 +559,22 @@ def test_outputs_are_written_atomically(mlp: torch.nn.Module, tmp_path: Path, mo
     with pytest.raises(KeyboardInterrupt):
         B.write_outputs(report, tmp_path / "killed")
     folder = tmp_path / "killed"
-    assert (folder / "bench.json").is_file() and not (folder / "bench.png").exists()
-    assert not list(folder.glob(".*partial"))
+    assert list(folder.iterdir()) == []  # the three are published together or not at all
+
+
+def test_outputs_are_replaced_as_a_set(mlp: torch.nn.Module, tmp_path: Path) -> None:
+    from toolkit.errors import OutputError
+
+    report = B.bench(_specs(mlp), SHAPE, "cpu", [1], threads=1, protocol=FAST)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "bench.json").write_text("OLD")
+    (folder / "bench.md").write_text("OLD")
+    (folder / "bench.png").mkdir()  # cannot be replaced by a file
+    with pytest.raises(OutputError, match=r"bench\.png: it is a folder; earlier outputs were left"):
+        B.write_outputs(report, folder)
+    assert (folder / "bench.json").read_text() == (folder / "bench.md").read_text() == "OLD"
+    assert sorted(p.name for p in folder.iterdir()) == ["bench.json", "bench.md", "bench.png"]
 
 
 def _quick(trained_run: Path, tmp_path: Path) -> dict[str, Any]:

@@ -293,6 +293,19 @@ def tiny_report(trained_run: Path, idx_dir: Path, empty_exports: Path) -> parity
     return verify(trained_run / "model.ckpt", empty_exports, data_dir=idx_dir, threads=1)
 
 
+def test_parity_report_files_are_replaced_as_a_pair(
+    tiny_report: parity.ParityReport, tmp_path: Path
+) -> None:
+    from toolkit.errors import OutputError
+
+    (tmp_path / "parity.json").write_text("OLD")
+    (tmp_path / "parity.md").mkdir()  # cannot be replaced by a file
+    with pytest.raises(OutputError, match=r"parity\.md: it is a folder; earlier outputs were left"):
+        parity.write_report(tiny_report, tmp_path)
+    assert (tmp_path / "parity.json").read_text() == "OLD"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parity.json", "parity.md"]
+
+
 def test_reload_rows_are_bitwise_equal(tiny_report: parity.ParityReport) -> None:
     rows = {row.name: row for row in tiny_report.rows}
     assert set(rows) == RELOAD_ROWS

@@ -120,6 +120,37 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Temporary siblings for a set of outputs, renamed into place together.
+
+    The block writes every temporary file; only when it succeeds and no final name is a
+    folder are they all renamed (a report's ``.json``, ``.md`` and ``.png`` are published as
+    a set, not one by one up to the first failure). On any failure every temporary file
+    is removed and the earlier outputs stay as they were.
+    """
+    finals = [Path(p) for p in paths]
+    for folder in dict.fromkeys(p.parent for p in finals):
+        ensure_writable_dir(folder)
+    temporary = [leftover_name(p) for p in finals]
+    current = finals[0]
+    try:
+        yield temporary
+        for current in finals:
+            if current.is_dir() and not current.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "it is a folder", str(current))
+        for tmp, current in zip(temporary, finals, strict=True):
+            os.replace(tmp, current)
+    except OSError as exc:
+        for tmp in temporary:
+            _remove(tmp)
+        raise output_error(current, exc) from None
+    except BaseException:
+        for tmp in temporary:
+            _remove(tmp)
+        raise
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

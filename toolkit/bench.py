@@ -1563,17 +1563,24 @@ def _unknown_runtime(name: str) -> UsageError:
 
 
 def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
-    """Atomically write ``bench.json``, ``bench.md`` and ``bench.png`` into ``folder``."""
-    from toolkit.atomic import clean_stale_partials, ensure_writable_dir, write_json, write_text
+    """Atomically write ``bench.json``, ``bench.md`` and ``bench.png`` into ``folder``, as a
+    set: if any of them cannot be written, none is replaced."""
+    from toolkit.atomic import (
+        atomic_paths,
+        clean_stale_partials,
+        ensure_writable_dir,
+        write_json,
+        write_text,
+    )
     from toolkit.bench_report import render_markdown, save_plot
 
     folder = ensure_writable_dir(folder)
     clean_stale_partials(folder)  # what a killed earlier bench left half-written
-    paths = {
-        "json": write_json(folder / BENCH_JSON, report.to_json()),
-        "md": write_text(folder / BENCH_MD, render_markdown(report)),
-        "png": save_plot(report, folder / BENCH_PNG),
-    }
+    paths = {"json": folder / BENCH_JSON, "md": folder / BENCH_MD, "png": folder / BENCH_PNG}
+    with atomic_paths(list(paths.values())) as (json_tmp, md_tmp, png_tmp):
+        write_json(json_tmp, report.to_json())
+        write_text(md_tmp, render_markdown(report))
+        save_plot(report, png_tmp)
     return paths
 
 

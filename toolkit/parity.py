@@ -1162,12 +1162,15 @@ def _per_set_table(report: ParityReport) -> str:
 
 
 def write_report(report: ParityReport, folder: str | Path) -> tuple[Path, Path]:
-    """Atomically write ``parity.json`` and ``parity.md`` into ``folder``."""
-    from toolkit.atomic import write_json, write_text
+    """Atomically write ``parity.json`` and ``parity.md`` into ``folder``, as a pair."""
+    from toolkit.atomic import atomic_paths, write_json, write_text
 
     folder = Path(folder)
-    json_path = write_json(folder / REPORT_JSON, report.to_json())
-    md_path = write_text(folder / REPORT_MD, render_markdown(report))
+    json_path, md_path = folder / REPORT_JSON, folder / REPORT_MD
+    markdown = render_markdown(report)
+    with atomic_paths([json_path, md_path]) as (json_tmp, md_tmp):
+        write_json(json_tmp, report.to_json())
+        write_text(md_tmp, markdown)
     return json_path, md_path
 
 
