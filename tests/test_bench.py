@@ -619,16 +619,43 @@ def test_bench_uses_verify_report_only_while_it_describes_the_artifacts(
     assert sources(report)["onnxruntime (onnx)"] == "quick-check"
     assert sources(report)["torchscript"] == "parity.json"
     assert report.row("onnxruntime", "cpu", 1, "onnx").parity == "PASS"
-    # onnx exported from other weights: not benchmarked at all, and said why
+    # onnx exported from other weights: not benchmarked at all, and said why; --runtimes
+    # asked for onnxruntime, which nothing measured, so the command fails after its reports
     torch.manual_seed(1)
     other = tmp_path / "other" / "model.pt"
     other.parent.mkdir()
     torch.save(build_model("mlp").state_dict(), other)
     export_command(str(other), format="onnx", output_dir=str(exports), overwrite=True, model="mlp")
-    report = B.bench_command(**quick)
+    with pytest.raises(CheckFailedError, match="asked for what was not measured: onnxruntime: "
+                       "exported from other weights"):  # fmt: skip
+        B.bench_command(**quick)
+    report = B.BenchReport.load(Path(quick["output_dir"]) / "bench.json")
     assert "onnxruntime (onnx)" not in sources(report)
     assert sources(report)["torchscript"] == "parity.json"
     assert any(s.format == "onnx" and "other weights" in s.reason for s in report.skipped)
+
+
+def test_bench_fails_when_an_artifact_or_a_named_runtime_cannot_run(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from toolkit.export import export_command
+
+    checkpoint = str(trained_run / "model.ckpt")
+    exports = tmp_path / "exports"
+    export_command(checkpoint, format="torchscript", output_dir=str(exports))
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+    (exports / "torchscript" / "manifest.json").unlink()  # once: exit 0, eager "fastest"
+    broken = r"1 runtime\(s\) could not be measured: torchscript"
+    with pytest.raises(CheckFailedError, match=broken):
+        B.bench_command(**quick)
+    assert (tmp_path / "out" / "bench.json").is_file()  # the reports are still written
+    # Named in --runtimes, but nothing to run it with: a failure, not a quiet skip.
+    quick = {**_quick(trained_run, tmp_path), "runtimes": "eager,torchscript"}
+    with pytest.raises(CheckFailedError, match="asked for what was not measured: torchscript: "
+                       "no torchscript artifact"):  # fmt: skip
+        B.bench_command(**quick)
+    # Not named (--runtimes all) and not exported: skipped, and the command succeeds.
+    B.bench_command(**{**quick, "runtimes": "all"})
 
 
 def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: Path) -> None:

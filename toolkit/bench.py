@@ -505,6 +505,9 @@ class Skipped:
     reason: str
     format: str | None = None
     batch: int | None = None
+    #: An artifact or runtime that should have run and failed (damaged, failed to load or
+    #: to run), as opposed to one that does not apply here (no CUDA, not exported).
+    broken: bool = False
 
     def text(self) -> str:
         """One line for the terminal and the Markdown report."""
@@ -664,14 +667,14 @@ def discover_runtimes(
         for p in sorted(exports.iterdir()):
             if p.is_dir() and p.name in FORMATS.names() and p not in folders:
                 reason = f"{p} has no {MANIFEST_NAME}: an incomplete or damaged export"
-                skipped.append(Skipped(p.name, "*", reason, p.name))
+                skipped.append(Skipped(p.name, "*", reason, p.name, broken=True))
     if not folders and not skipped:
         skipped.append(Skipped("artifacts", "*", f"no artifact folders in {exports}"))
     for folder in folders:
         try:
             manifest = Manifest.load(folder)
         except ToolkitError as exc:
-            skipped.append(Skipped(folder.name, "*", str(exc)))
+            skipped.append(Skipped(folder.name, "*", str(exc), broken=True))
             continue
         other = from_other_weights(manifest, weights)
         if other is not None:
@@ -789,7 +792,7 @@ def _load_runners(
             load_s = runner.load()
         except Exception as exc:  # one runtime failing must not hide the others
             reason = f"load failed: {_one_line(exc)}"
-            skipped.append(Skipped(spec.runtime, device, reason, spec.format))
+            skipped.append(Skipped(spec.runtime, device, reason, spec.format, broken=True))
             continue
         live.append(_Live(spec, runner, load_s))
     return live, skipped
@@ -881,7 +884,8 @@ def measure(
             raise
         except Exception as exc:
             reason = f"failed: {_one_line(exc)}"
-            skipped.append(Skipped(live.spec.runtime, device, reason, live.spec.format, batch))
+            spec = live.spec
+            skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch, True))
             continue
         ready.append(live)
     for r in range(protocol.rounds):
@@ -894,7 +898,7 @@ def measure(
             except Exception as exc:  # e.g. a recompile during measurement
                 reason = f"failed during measurement: {_one_line(exc)}"
                 spec = live.spec
-                skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch))
+                skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch, True))
                 ready.remove(live)
     for live in ready:
         live.call = live.arg = None  # free device buffers before the next batch size
@@ -1773,7 +1777,7 @@ def bench_command(
                 f"{len(regressed)} row(s) regressed{what} by more than "
                 f"{regression_threshold:.0%} beyond noise against {compare}: {names}"
             )
-    _fail_on_tampered(report)
+    _fail_on_tampered(report, names)
     return report
 
 
@@ -1792,11 +1796,13 @@ def _folder_wanted(folder: Path, names: list[str] | None) -> bool:
     return any(_wanted(runtime, manifest.format, wanted) for runtime in runtimes)
 
 
-def _fail_on_tampered(report: BenchReport) -> None:
-    """Exit 1 (after the reports) when an artifact did not match its manifest's sha256.
+def _fail_on_tampered(report: BenchReport, names: list[str] | None = None) -> None:
+    """Exit 1 (after the reports) when an artifact or runtime that should run did not.
 
-    A tampered or corrupt artifact is listed as skipped so the other runtimes are still
-    measured, but the command must not succeed as if nothing were wrong.
+    A tampered, damaged or failing artifact is listed as skipped so the other runtimes are
+    still measured, but the command must not succeed as if nothing were wrong: checksum
+    failures first, then any other broken row, then a runtime or format named in
+    ``--runtimes`` (``names``) that nothing measured.
     """
     prefix = f"load failed: {IntegrityError.__name__}: "
     tampered = sorted(
@@ -1806,3 +1812,21 @@ def _fail_on_tampered(report: BenchReport) -> None:
         raise CheckFailedError(
             f"{len(tampered)} artifact(s) failed their checksum: {'; '.join(tampered)}"
         )
+    broken = list(dict.fromkeys(s.text() for s in report.skipped if s.broken))
+    if broken:
+        shown = "; ".join(broken[:MAX_BROKEN_IN_ERROR])
+        extra = len(broken) - MAX_BROKEN_IN_ERROR
+        more = f" (and {extra} more)" if extra > 0 else ""
+        raise CheckFailedError(f"{len(broken)} runtime(s) could not be measured: {shown}{more}")
+    measured = {r.runtime for r in report.rows} | {r.format for r in report.rows}
+    unmeasured = [n for n in names or () if n not in measured]
+    if unmeasured:
+        reasons = {s.runtime: s.reason for s in report.skipped} | {
+            s.format: s.reason for s in report.skipped if s.format
+        }
+        why = "; ".join(f"{n}: {reasons.get(n, 'nothing ran it')}" for n in unmeasured)
+        raise CheckFailedError(f"--runtimes asked for what was not measured: {why}")
+
+
+#: Broken rows whose reasons the one-line error of :func:`_fail_on_tampered` gives.
+MAX_BROKEN_IN_ERROR = 3
