@@ -356,7 +356,8 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, idx_dir: Path, nam
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_workers": -1}, "--num_workers must be 0 or more"),
+        ({"num_workers": -1}, "--num_workers must be 0 to"),
+        ({"num_workers": 100_000}, "--num_workers must be 0 to"),  # once killed at 24 GB
         ({"learning_rate": 0.0}, "--learning_rate must be a positive number"),
         ({"learning_rate": -0.01}, "--learning_rate must be a positive number"),
         ({"learning_rate": float("nan")}, "--learning_rate must be a positive number"),

@@ -97,6 +97,11 @@ SKETCH_PERCENTILES = np.arange(101)
 
 
 # -- protocol ------------------------------------------------------------------------------
+#: Upper bounds of the timing options: beyond them a run would not end in a working day, or
+#: would hold more samples than memory (``--rounds 1000000`` was killed at 24 GB).
+MAX_ROUNDS, MAX_SECONDS = 100, 3600.0
+
+
 @dataclasses.dataclass
 class TimingProtocol:
     """How every (runtime, device, batch) is timed; see the module docstring."""
@@ -116,11 +121,16 @@ class TimingProtocol:
             least = 0 if name == "warmup_calls" else 1
             if int(getattr(self, name)) < least:
                 raise UsageError(f"--{name} must be {least} or more, got {getattr(self, name)}")
+        if self.rounds > MAX_ROUNDS:  # each round keeps its own samples per row
+            raise UsageError(f"--rounds must be at most {MAX_ROUNDS}, got {self.rounds}")
+        if self.warmup_calls > self.max_calls:
+            raise UsageError(
+                f"--warmup_calls must be at most {self.max_calls:,}, got {self.warmup_calls:,}"
+            )
         for name in ("warmup_time", "min_time", "max_time"):
             value = float(getattr(self, name))
-            if not math.isfinite(value) or value < 0:
-                raise UsageError(f"--{name} must be a finite number of seconds, 0 or more, "
-                                 f"got {value}")  # fmt: skip
+            if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+                raise UsageError(f"--{name} must be 0 to {MAX_SECONDS} seconds, got {value}")
         if self.max_time <= 0:
             raise UsageError(f"--max_time must be above 0, got {self.max_time}")
         if self.max_calls < self.min_calls:  # max_calls is a safety cap, not an option
@@ -1203,10 +1213,11 @@ def _check_batch_sizes(batch_sizes: Sequence[int]) -> list[int]:
 
 def resolve_threads(threads: int | None) -> int:
     """The intra-op thread count: ``threads`` or every usable core."""
+    from toolkit.parity import check_threads
+
     if threads is None:
         return usable_cores()
-    if int(threads) < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
+    check_threads(int(threads))
     return int(threads)
 
 

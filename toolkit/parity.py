@@ -817,13 +817,17 @@ def check_overrides(overrides: dict[str, Any] | None) -> dict[str, float]:
 
 
 def check_threads(threads: int | None) -> int | None:
-    """``threads`` checked: None (torch's setting) or at least 1.
+    """``threads`` checked: None (torch's setting) or 1 to the machine's core count.
+
+    More intra-op threads than cores only measures the scheduler, and a huge count makes
+    the OpenMP runtime fail to start its threads or crash the process.
 
     Raises:
-        UsageError: ``threads`` is below 1.
+        UsageError: ``threads`` is below 1 or above ``os.cpu_count()``.
     """
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise UsageError(f"--threads must be 1 to {cores} (this machine's cores), got {threads}")
     return threads
 
 

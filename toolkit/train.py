@@ -140,8 +140,9 @@ def _check_run_name(run_name: str | None) -> None:
 def _check_numbers(num_workers: int, learning_rate: float, seed: int = 0) -> None:
     if not 0 <= seed <= 2**32 - 1:  # the range numpy's and Lightning's seeding accept
         raise UsageError(f"--seed must be 0 to {2**32 - 1}, got {seed}")
-    if num_workers < 0:
-        raise UsageError(f"--num_workers must be 0 or more, got {num_workers}")
+    most = max(16, 4 * (os.cpu_count() or 1))  # each worker is a process holding the data
+    if not 0 <= num_workers <= most:
+        raise UsageError(f"--num_workers must be 0 to {most}, got {num_workers}")
     if not math.isfinite(learning_rate) or learning_rate <= 0:
         raise UsageError(f"--learning_rate must be a positive number, got {learning_rate}")
 
