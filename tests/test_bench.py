@@ -658,6 +658,42 @@ def test_bench_fails_when_an_artifact_or_a_named_runtime_cannot_run(
     B.bench_command(**{**quick, "runtimes": "all"})
 
 
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda d: d["rows"][0].update(p50_us="fast"), "has a p50_us, n or batch that is not"),
+        (lambda d: d["rows"][0].update(quantiles_us=None), "quantiles_us or round_p50s_us"),
+        (lambda d: d.update(protocol="x"), "protocol is not an object"),
+        (lambda d: d.update(rows=[1]), "is not a bench.json report"),
+    ],
+)
+def test_a_malformed_compare_report_is_refused_before_timing(
+    trained_run: Path, tmp_path: Path, change: Any, problem: str
+) -> None:
+    quick = _quick(trained_run, tmp_path)
+    data = B.bench_command(**quick).to_json()
+    change(data)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    before = (tmp_path / "out" / "bench.json").read_bytes()
+    with pytest.raises(B.DataError, match=re.escape(problem)):  # once a TypeError traceback
+        B.bench_command(**quick, compare=str(old))
+    assert (tmp_path / "out" / "bench.json").read_bytes() == before  # nothing was replaced
+    old.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(B.DataError, match=r"is not a bench\.json report"):
+        B.BenchReport.load(old)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe not utf-8", b'{"rows": 5}', b'{"device": "tpu9", "rows": []}', b"[1]"],
+)
+def test_a_malformed_parity_json_only_costs_its_verdicts(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "parity.json").write_bytes(content)
+    statuses, notes = B._read_parity(tmp_path / "parity.json", None, None)
+    assert statuses == {} and len(notes) == 1  # the rows then get a quick check
+
+
 def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: Path) -> None:
     common = {**_quick(trained_run, tmp_path), "min_calls": 30, "min_time": 0.02, "rounds": 2}
     first = B.bench_command(**{**common, "output_dir": str(tmp_path / "a")})

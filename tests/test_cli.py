@@ -396,6 +396,18 @@ def test_list_options_have_no_append_form(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_config_files_of_the_wrong_kind_are_one_line_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "model.ckpt.yaml"
+    binary.write_bytes(b"PK\x03\x04\x80\x81\xfe\xff" * 8)  # once a UnicodeDecodeError
+    assert_one_line_error(run_cli("evaluate", "--config", str(binary), cwd=tmp_path), 2,
+                          "--config must name a YAML or JSON text file")  # fmt: skip
+    scalar = tmp_path / "train.yaml"
+    scalar.write_text("trainer: 5\n")  # once an AttributeError
+    proc = run_cli("train", "--config", str(scalar), cwd=tmp_path)
+    assert_one_line_error(proc, 2, "trainer must be a mapping of lightning.Trainer options")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt.yaml", "train.yaml"]
+
+
 def test_version() -> None:
     from importlib import metadata
 

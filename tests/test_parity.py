@@ -608,6 +608,18 @@ def test_tampered_artifact_fails_its_integrity_check(
     assert rows["torchscript"].status == PASS
 
 
+def test_a_manifest_that_is_a_folder_fails_its_row(
+    trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    exports = _copy(artifacts, tmp_path)
+    (exports / "onnx" / "manifest.json").unlink()
+    (exports / "onnx" / "manifest.json").mkdir()  # once an IsADirectoryError traceback
+    report = verify(trained_run / "model.ckpt", exports, data_dir=idx_dir, limit=32)
+    rows = _rows(report)
+    assert "cannot read manifest" in rows["onnx"].error and rows["onnx"].status == "FAIL"
+    assert rows["torchscript"].status == PASS
+
+
 def test_sigterm_during_a_row_stops_verify_and_keeps_the_old_report(
     trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path, monkeypatch
 ) -> None:

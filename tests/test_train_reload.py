@@ -358,6 +358,16 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, idx_dir: Path, nam
     [
         ({"num_workers": -1}, "--num_workers must be 0 to"),
         ({"num_workers": 100_000}, "--num_workers must be 0 to"),  # once killed at 24 GB
+        # Lightning divides by these unchecked: once a ZeroDivisionError traceback mid-fit
+        ({"trainer": {"val_check_interval": 0}}, "--trainer.val_check_interval must be above 0"),
+        (
+            {"trainer": {"accumulate_grad_batches": 0}},
+            "--trainer.accumulate_grad_batches must be above 0",
+        ),
+        (
+            {"trainer": {"check_val_every_n_epoch": 0}},
+            "--trainer.check_val_every_n_epoch must be above 0",
+        ),
         ({"learning_rate": 0.0}, "--learning_rate must be a positive number"),
         ({"learning_rate": -0.01}, "--learning_rate must be a positive number"),
         ({"learning_rate": float("nan")}, "--learning_rate must be a positive number"),

@@ -584,11 +584,34 @@ class BenchReport:
         """Read a ``bench.json``; raise :class:`DataError` for a missing or invalid file."""
         path = Path(path)
         try:
-            return cls.from_json(json.loads(path.read_text()))
+            report = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise DataError(f"no benchmark report at {path}") from None
-        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
-            raise DataError(f"{path} is not a bench.json report ({exc})") from None
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # ValueError: not UTF-8
+            raise DataError(f"{path} is not a bench.json report ({first_line(exc)})") from None
+        problem = report._type_problem()
+        if problem:
+            raise DataError(f"{path} is not a bench.json report ({problem})")
+        return report
+
+    def _type_problem(self) -> str | None:
+        """What in a loaded report does not have the type ``--compare`` reads, if anything."""
+        for name in ("environment", "protocol"):
+            if not isinstance(getattr(self, name), dict):
+                return f"{name} is not an object"
+        if not isinstance(self.devices, list) or not isinstance(self.batch_sizes, list):
+            return "devices or batch_sizes is not a list"
+
+        def numbers(value: Any) -> bool:
+            return isinstance(value, list) and all(_is_number(v) for v in value)
+
+        for row in self.rows:
+            scalars = (row.p50_us, row.n)
+            if not all(_is_number(v) for v in scalars) or not isinstance(row.batch, int):
+                return f"row {row.runtime!r} has a p50_us, n or batch that is not a number"
+            if not numbers(row.quantiles_us) or not numbers(row.round_p50s_us):
+                return f"row {row.runtime!r} has quantiles_us or round_p50s_us not numbers"
+        return None
 
     def row(self, runtime: str, device: str, batch: int, format: str | None = None) -> BenchRow:
         """The row of ``runtime`` (and ``format``) at (device, batch); KeyError if absent."""
@@ -596,6 +619,10 @@ class BenchReport:
             if row.key == (runtime, format, device, batch):
                 return row
         raise KeyError((runtime, format, device, batch))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
@@ -991,10 +1018,10 @@ def _read_parity(
     from toolkit.manifest import MANIFEST_NAME, sha256_file
 
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # also not UTF-8
         return {}, [f"{path} is unreadable"]
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("rows", []), list):
         return {}, [f"{path} is not a parity report"]
     if checkpoint is not None:
         recorded = data.get("checkpoint_sha256")
@@ -1002,7 +1029,10 @@ def _read_parity(
             return {}, [f"{path} does not record its checkpoint; rerun `toolkit verify`"]
         if recorded != sha256_file(checkpoint):
             return {}, [f"{path} was made for other weights than {checkpoint}"]
-    device = torch.device(str(data.get("device", "cpu"))).type
+    try:
+        device = torch.device(str(data.get("device", "cpu"))).type
+    except RuntimeError:
+        return {}, [f"{path} names an unknown device {data.get('device')!r}"]
     statuses: dict[tuple[str, str | None, str], tuple[str, str]] = {}
     notes = []
     for row in data.get("rows", []):
@@ -1019,7 +1049,8 @@ def _read_parity(
             if recorded is None or not manifest.is_file() or sha256_file(manifest) != recorded:
                 notes.append(f"{fmt} changed since {path} was written")
                 continue
-        why = "; ".join(row.get("reasons") or []) or status
+        reasons = row.get("reasons")
+        why = "; ".join(map(str, reasons)) if isinstance(reasons, list) and reasons else status
         statuses[(str(runtime), fmt, device)] = (status, why)
     return statuses, notes
 

@@ -172,7 +172,12 @@ def _call(parser: Any, cfg: Any) -> Any:
         if isinstance(kwargs.get(name), str) and not kwargs[name].strip():
             raise UsageError(f"--{name} must not be empty; give a path or leave it out")
     if command == "train":
-        kwargs["trainer"] = _trainer_options(kwargs.get("trainer") or {})
+        trainer = kwargs.get("trainer") or {}
+        if not isinstance(trainer, dict):  # e.g. "trainer: 5" in a config file
+            raise UsageError(
+                f"trainer must be a mapping of lightning.Trainer options, got {trainer!r}"
+            )
+        kwargs["trainer"] = _trainer_options(trainer)
     result = _function(COMMANDS[command])(**kwargs)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -264,6 +269,10 @@ def _main(argv: list[str] | None) -> int:
         parser = build_parser(only=command)
         try:
             cfg = parser.parse_args(argv)
+        except UnicodeDecodeError:  # --config given a binary file (a checkpoint, an image)
+            raise UsageError(
+                "--config must name a YAML or JSON text file; the file given is not text"
+            ) from None
         except argparse.ArgumentError as exc:
             usage = f"toolkit {command} --help" if command else "toolkit --help"
             message = _one_line(str(exc))

@@ -184,6 +184,9 @@ class Manifest:
             raise CheckpointError(f"no manifest at {path}; export the artifact again") from None
         except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a valid manifest ({exc})") from None
+        except OSError as exc:  # a folder under that name, no permission, ...
+            reason = exc.strerror or type(exc).__name__
+            raise CheckpointError(f"cannot read manifest {path}: {reason}") from None
         problem = manifest.files_problem()
         if problem:
             raise CheckpointError(f"{path} {problem}; export the artifact again")

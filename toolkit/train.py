@@ -354,6 +354,18 @@ class NoProfiler(PassThroughProfiler):
         return contextlib.nullcontext(action_name)
 
 
+#: Trainer options Lightning divides by without checking: 0 was a ZeroDivisionError mid-fit.
+_POSITIVE_TRAINER_OPTIONS = ("accumulate_grad_batches", "check_val_every_n_epoch",
+                             "val_check_interval")  # fmt: skip
+
+
+def _check_positive_options(options: dict[str, Any]) -> None:
+    for name in _POSITIVE_TRAINER_OPTIONS:
+        value = options.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            raise UsageError(f"--trainer.{name} must be above 0, got {value}")
+
+
 def _trainer(
     staging: Path | None, max_epochs: int, seed: int, options: dict[str, Any] | None
 ) -> L.Trainer:
@@ -383,6 +395,7 @@ def _trainer(
             "--max_epochs -1 trains without end; give --trainer.max_steps or "
             "--trainer.max_time with it, or a number of epochs"
         )
+    _check_positive_options(options)
     settings = {**defaults, **options}
     callbacks = settings.get("callbacks") or []
     callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
