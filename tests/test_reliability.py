@@ -128,6 +128,24 @@ def test_checkpoint_with_wrong_contents_is_one_clear_line(
         load_network(tmp_path / "odd.ckpt", "mlp")
 
 
+def test_an_unreadable_weights_file_is_named_as_such(
+    tmp_path: Path, trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors reported a file it may not read as "No such file or directory"."""
+    target = tmp_path / "model.safetensors"
+    shutil.copy(trained_run / "model.safetensors", target)
+    real_open = Path.open
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == target:  # as for a mode-000 file when not root
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(CheckpointError, match=f"cannot read {target}: Permission denied"):
+        read_safetensors(target)
+
+
 @pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.safetensors"])
 @pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
 def test_damaged_weight_files(tmp_path: Path, trained_run: Path, name: str, damage: str) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from toolkit.atomic import leftover_name, output_error
+from toolkit.atomic import leftover_name, output_error, writable_dir
 from toolkit.errors import DataError, UnknownNameError, UsageError, first_line
 
 #: Registered data sets: CLI name → torchvision class name (also the cache sub-folder).
@@ -98,15 +98,17 @@ def _missing_note(folder: Path, class_name: str) -> str:
 
 def _unpack_into(files: dict[str, Path], raw_dir: Path) -> dict[str, Path]:
     """Unpack ``.gz`` files into ``raw_dir`` (atomically); plain files are used in place."""
-    out = {}
-    for name, src in files.items():
-        if src.suffix != ".gz":
-            out[name] = src
-            continue
-        dst = raw_dir / name
-        if not dst.is_file():
-            _unpack_one(src, dst)
-        out[name] = dst
+    out = {name: src if src.suffix != ".gz" else raw_dir / name for name, src in files.items()}
+    pending = {
+        name: src
+        for name, src in files.items()
+        if src.suffix == ".gz" and not (raw_dir / name).is_file()
+    }
+    if pending:
+        # A corrupt .gz leaves no empty cache folders behind (writable_dir removes them).
+        with writable_dir(raw_dir):
+            for name, src in pending.items():
+                _unpack_one(src, raw_dir / name)
     return out
 
 

@@ -68,6 +68,10 @@ def check_is_file(path: str | Path) -> None:
         raise CheckpointError(f"{path} is a folder; give the weights file in it")
     if not path.is_file():
         raise CheckpointError(f"no such file: {path}")
+    try:  # some readers (safetensors) report an unreadable file as a missing one
+        path.open("rb").close()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
