@@ -1796,7 +1796,7 @@ def bench_command(
         _fail_on_tampered(report)
         reasons = "; ".join(
             f"{skip.device}: {skip.reason}" for skip in report.skipped if skip.runtime == "*"
-        )
+        ) or "; ".join(dict.fromkeys(skip.text() for skip in report.skipped[:3]))
         raise CheckFailedError(
             f"nothing was measured ({reasons}); reports in {out_dir} left as they were"
         )
