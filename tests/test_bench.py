@@ -694,6 +694,33 @@ def test_a_malformed_parity_json_only_costs_its_verdicts(tmp_path: Path, content
     assert statuses == {} and len(notes) == 1  # the rows then get a quick check
 
 
+class UnavailableRunner(SleepRunner):
+    """Cannot load on this machine, as onnxruntime without its CUDA provider."""
+
+    name = "fake-unavailable"
+
+    def _load(self) -> None:
+        raise UsageError("no CUDAExecutionProvider; pip install onnxruntime-gpu")
+
+
+class CrashingRunner(SleepRunner):
+    """Loads, then fails on its first call, as a damaged artifact can."""
+
+    name = "fake-crash"
+
+    def _infer(self, prepared: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("bad graph")
+
+
+def test_only_a_failure_of_the_runtime_itself_counts_as_broken(mlp: torch.nn.Module) -> None:
+    specs = _specs(mlp, ("fake-unavailable", UnavailableRunner), ("fake-crash", CrashingRunner))
+    report = B.bench(specs, SHAPE, "cpu", [1], threads=1, protocol=FAST)
+    broken = {s.runtime: s.broken for s in report.skipped}
+    assert broken == {"fake-unavailable": False, "fake-crash": True}
+    with pytest.raises(CheckFailedError, match=r"1 runtime\(s\) could not be measured: fake-crash"):
+        B._fail_on_tampered(report)
+
+
 def test_bench_command_compare_fails_on_regression(trained_run: Path, tmp_path: Path) -> None:
     common = {**_quick(trained_run, tmp_path), "min_calls": 30, "min_time": 0.02, "rounds": 2}
     first = B.bench_command(**{**common, "output_dir": str(tmp_path / "a")})
@@ -796,6 +823,12 @@ def test_bench_on_cuda_alone_without_a_gpu_keeps_earlier_reports(
     with pytest.raises(CheckFailedError, match="nothing was measured"):
         B.bench_command(**{**quick, "output_dir": str(tmp_path / "new" / "out")}, device="cuda")
     assert not (tmp_path / "new").exists()
+    # A damaged artifact as well: still "nothing was measured" with the real cause first.
+    (tmp_path / "no-exports" / "torchscript").mkdir()  # a format folder with no manifest
+    both = nothing[: -len(r"\); reports in ")] + "; 1 runtime.s. could not be measured: torchscript"
+    with pytest.raises(CheckFailedError, match=both):
+        B.bench_command(**{**quick, "runtimes": "all"}, device="cuda")
+    assert (tmp_path / "out" / "bench.json").read_bytes() == before
 
 
 def test_bench_finishes_an_export_killed_while_publishing(

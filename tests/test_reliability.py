@@ -86,7 +86,7 @@ def test_trust_covers_the_named_file_only(tmp_path: Path, trained_run: Path) -> 
     report = verify(run / "model.ckpt", tmp_path / "exports", limit=8, trust_pickled_file=True)
     rows = {row.name: row for row in report.rows}
     assert not marker.exists()
-    assert "refusing to load" in rows["reload:model.pt"].error
+    assert "--trust_pickled_file covers only the --checkpoint file" in rows["reload:model.pt"].error
     assert rows["reload:model.ckpt"].status == "PASS"
 
 
@@ -334,6 +334,32 @@ def test_disk_full_while_writing_weights(
     after = {p.name: p.read_bytes() for p in Path(first.run_dir).iterdir()}
     assert after == before  # the earlier run is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no partial leftovers
+
+
+def test_a_full_disk_while_writing_a_report_set_names_the_output_and_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolkit import atomic
+
+    (tmp_path / "bench.json").write_text("OLD")
+
+    def full_disk(fd: int) -> None:  # the data do not fit when they are flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with (
+        pytest.raises(OutputError, match=f"cannot write {tmp_path}: no space left"),
+        atomic.atomic_paths([tmp_path / "bench.json", tmp_path / "bench.md"]) as temps,
+    ):
+        for temp in temps:
+            atomic.write_plain(temp, "NEW")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # no partials
+    assert (tmp_path / "bench.json").read_text() == "OLD"
+    with (
+        pytest.raises(OutputError, match=r"cannot write .*bench\.json: "),
+        atomic.atomic_paths([tmp_path / "bench.json"]) as (temp,),
+    ):
+        raise OSError(errno.EACCES, "Permission denied", str(temp))  # names its temporary
 
 
 def test_killed_training_leaves_nothing_partial(tmp_path: Path, idx_dir: Path) -> None:

@@ -122,33 +122,47 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
-    """Temporary siblings for a set of outputs, renamed into place together.
+    """Temporary siblings for a set of outputs, renamed into place once all are written.
 
-    The block writes every temporary file; only when it succeeds and no final name is a
-    folder are they all renamed (a report's ``.json``, ``.md`` and ``.png`` are published as
-    a set, not one by one up to the first failure). On any failure every temporary file
-    is removed and the earlier outputs stay as they were.
+    The block writes every temporary file directly (:func:`write_plain`). Only when it
+    succeeds and no final name is a folder are they renamed, one right after the other: a
+    report's ``.json``, ``.md`` and ``.png`` are not replaced one by one up to the first
+    failure. On any failure every temporary file is removed and the earlier outputs stay
+    as they were.
     """
     finals = [Path(p) for p in paths]
     for folder in dict.fromkeys(p.parent for p in finals):
         ensure_writable_dir(folder)
     temporary = [leftover_name(p) for p in finals]
-    current = finals[0]
     try:
         yield temporary
-        for current in finals:
-            if current.is_dir() and not current.is_symlink():
-                raise IsADirectoryError(errno.EISDIR, "it is a folder", str(current))
-        for tmp, current in zip(temporary, finals, strict=True):
-            os.replace(tmp, current)
+        for final in finals:
+            if final.is_dir() and not final.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "it is a folder", str(final))
+        for tmp, final in zip(temporary, finals, strict=True):
+            os.replace(tmp, final)
     except OSError as exc:
         for tmp in temporary:
             _remove(tmp)
-        raise output_error(current, exc) from None
+        # Name the output the error is about (its final name, never the temporary one).
+        named = {str(t): f for t, f in zip(temporary, finals, strict=True)}
+        failed = named.get(str(exc.filename), Path(exc.filename) if exc.filename else None)
+        where = failed if failed in finals else finals[0].parent
+        raise output_error(where, exc) from None
     except BaseException:
         for tmp in temporary:
             _remove(tmp)
         raise
+
+
+def write_plain(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` and fsync it; for the temporary names of
+    :func:`atomic_paths`, which is what makes the result atomic."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def _remove(path: Path) -> None:

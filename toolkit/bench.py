@@ -606,6 +606,9 @@ class BenchReport:
             return isinstance(value, list) and all(_is_number(v) for v in value)
 
         for row in self.rows:
+            names_ok = isinstance(row.runtime, str) and isinstance(row.device, str)
+            if not names_ok or not isinstance(row.format, str | None):
+                return "a row's runtime, device or format is not text"
             scalars = (row.p50_us, row.n)
             if not all(_is_number(v) for v in scalars) or not isinstance(row.batch, int):
                 return f"row {row.runtime!r} has a p50_us, n or batch that is not a number"
@@ -711,7 +714,7 @@ def discover_runtimes(
         try:
             manifest = Manifest.load(folder)
         except ToolkitError as exc:
-            skipped.append(Skipped(folder.name, "*", str(exc), broken=True))
+            skipped.append(Skipped(folder.name, "*", str(exc), folder.name, broken=True))
             continue
         other = from_other_weights(manifest, weights)
         if other is not None:
@@ -829,7 +832,10 @@ def _load_runners(
             load_s = runner.load()
         except Exception as exc:  # one runtime failing must not hide the others
             reason = f"load failed: {_one_line(exc)}"
-            skipped.append(Skipped(spec.runtime, device, reason, spec.format, broken=True))
+            # A UsageError here says the runtime is unavailable on this machine (no CUDA
+            # provider in a CPU-only onnxruntime): not applicable, not a damaged artifact.
+            broken = not isinstance(exc, UsageError)
+            skipped.append(Skipped(spec.runtime, device, reason, spec.format, broken=broken))
             continue
         live.append(_Live(spec, runner, load_s))
     return live, skipped
@@ -1043,6 +1049,8 @@ def _read_parity(
             continue
         runtime = row.get("runtime") or row.get("name")
         fmt = None if row.get("kind") == "reference" else row.get("format")
+        if not isinstance(runtime, str) or not isinstance(fmt, str | None):
+            continue  # not a row this version wrote
         if exports is not None and row.get("kind") == "artifact":
             manifest = Path(exports) / str(fmt) / MANIFEST_NAME
             recorded = row.get("manifest_sha256")
@@ -1550,10 +1558,15 @@ def compare_reports(
     if by == "eager":
         for reference in eager.values():
             reference.status = "reference"
-    ran = {r.runtime for r in new.rows} | {skip.runtime for skip in new.skipped}
+    # What this run considered: rows it measured, and what it skipped (a damaged artifact
+    # folder is skipped under its format's name, so all of that format's rows count).
+    considered = {(r.runtime, r.format) for r in new.rows}
+    considered |= {(skip.runtime, skip.format) for skip in new.skipped}
+    formats = {skip.format or skip.runtime for skip in new.skipped}
     for key, before in old_rows.items():
-        asked = before.runtime in ran and before.device in new.devices
-        status = "missing" if asked and before.batch in new.batch_sizes else "not run"
+        asked = (before.runtime, before.format) in considered or before.format in formats
+        asked = asked and before.device in new.devices and before.batch in new.batch_sizes
+        status = "missing" if asked else "not run"
         changes.append(RowChange(*key, before.p50_us, None, None, None, status))  # type: ignore[misc]
     return changes
 
@@ -1611,22 +1624,16 @@ def _unknown_runtime(name: str) -> UsageError:
 def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
     """Atomically write ``bench.json``, ``bench.md`` and ``bench.png`` into ``folder``, as a
     set: if any of them cannot be written, none is replaced."""
-    from toolkit.atomic import (
-        atomic_paths,
-        clean_stale_partials,
-        ensure_writable_dir,
-        write_json,
-        write_text,
-    )
+    from toolkit.atomic import atomic_paths, clean_stale_partials, ensure_writable_dir, write_plain
     from toolkit.bench_report import render_markdown, save_plot
 
     folder = ensure_writable_dir(folder)
     clean_stale_partials(folder)  # what a killed earlier bench left half-written
     paths = {"json": folder / BENCH_JSON, "md": folder / BENCH_MD, "png": folder / BENCH_PNG}
     with atomic_paths(list(paths.values())) as (json_tmp, md_tmp, png_tmp):
-        write_json(json_tmp, report.to_json())
-        write_text(md_tmp, render_markdown(report))
-        save_plot(report, png_tmp)
+        write_plain(json_tmp, json.dumps(report.to_json(), indent=2) + "\n")
+        write_plain(md_tmp, render_markdown(report))
+        save_plot(report, png_tmp, atomic=False)
     return paths
 
 
@@ -1793,10 +1800,13 @@ def bench_command(
         else "quick check against eager on random inputs (run `toolkit verify` for real data)"
     )
     if not report.rows:  # every device was skipped: no table, no report, not a success
-        _fail_on_tampered(report)
+        _fail_on_checksums(report)
         reasons = "; ".join(
             f"{skip.device}: {skip.reason}" for skip in report.skipped if skip.runtime == "*"
         ) or "; ".join(dict.fromkeys(skip.text() for skip in report.skipped[:3]))
+        broken = _broken_text(report)
+        if broken and broken not in reasons:
+            reasons += f"; {broken}"
         raise CheckFailedError(
             f"nothing was measured ({reasons}); reports in {out_dir} left as they were"
         )
@@ -1838,14 +1848,8 @@ def _folder_wanted(folder: Path, names: list[str] | None) -> bool:
     return any(_wanted(runtime, manifest.format, wanted) for runtime in runtimes)
 
 
-def _fail_on_tampered(report: BenchReport, names: list[str] | None = None) -> None:
-    """Exit 1 (after the reports) when an artifact or runtime that should run did not.
-
-    A tampered, damaged or failing artifact is listed as skipped so the other runtimes are
-    still measured, but the command must not succeed as if nothing were wrong: checksum
-    failures first, then any other broken row, then a runtime or format named in
-    ``--runtimes`` (``names``) that nothing measured.
-    """
+def _fail_on_checksums(report: BenchReport) -> None:
+    """Exit 1 when an artifact did not match its manifest's sha256."""
     prefix = f"load failed: {IntegrityError.__name__}: "
     tampered = sorted(
         {s.reason[len(prefix) :] for s in report.skipped if s.reason.startswith(prefix)}
@@ -1854,12 +1858,31 @@ def _fail_on_tampered(report: BenchReport, names: list[str] | None = None) -> No
         raise CheckFailedError(
             f"{len(tampered)} artifact(s) failed their checksum: {'; '.join(tampered)}"
         )
+
+
+def _broken_text(report: BenchReport) -> str | None:
+    """The broken skipped rows in one phrase (the first few), or None."""
     broken = list(dict.fromkeys(s.text() for s in report.skipped if s.broken))
+    if not broken:
+        return None
+    extra = len(broken) - MAX_BROKEN_IN_ERROR
+    more = f" (and {extra} more)" if extra > 0 else ""
+    shown = "; ".join(broken[:MAX_BROKEN_IN_ERROR])
+    return f"{len(broken)} runtime(s) could not be measured: {shown}{more}"
+
+
+def _fail_on_tampered(report: BenchReport, names: list[str] | None = None) -> None:
+    """Exit 1 (after the reports) when an artifact or runtime that should run did not.
+
+    A tampered, damaged or failing artifact is listed as skipped so the other runtimes are
+    still measured, but the command must not succeed as if nothing were wrong: checksum
+    failures first, then any other broken row, then a runtime or format named in
+    ``--runtimes`` (``names``) that nothing measured.
+    """
+    _fail_on_checksums(report)
+    broken = _broken_text(report)
     if broken:
-        shown = "; ".join(broken[:MAX_BROKEN_IN_ERROR])
-        extra = len(broken) - MAX_BROKEN_IN_ERROR
-        more = f" (and {extra} more)" if extra > 0 else ""
-        raise CheckFailedError(f"{len(broken)} runtime(s) could not be measured: {shown}{more}")
+        raise CheckFailedError(broken)
     measured = {r.runtime for r in report.rows} | {r.format for r in report.rows}
     unmeasured = [n for n in names or () if n not in measured]
     if unmeasured:

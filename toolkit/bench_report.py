@@ -179,8 +179,9 @@ def render_markdown(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def save_plot(report: BenchReport, path: str | Path) -> Path:
-    """Atomically save ``bench.png``: p50 latency with p90/p99 whiskers, and throughput.
+def save_plot(report: BenchReport, path: str | Path, atomic: bool = True) -> Path:
+    """Save ``bench.png`` (atomically unless ``atomic`` is False): p50 latency with p90/p99
+    whiskers, and throughput.
 
     One line per runtime across batch sizes; one pair of panels per device.
     """
@@ -223,9 +224,14 @@ def save_plot(report: BenchReport, path: str | Path) -> Path:
         ax_tput.set_title(f"{device}: throughput")
         if labels:
             ax_lat.legend(fontsize=7)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        if atomic:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=110)
+        else:  # ``path`` is already a temporary name (see ``atomic_paths``)
+            fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

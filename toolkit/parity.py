@@ -36,6 +36,7 @@ in the report. The smallest passing tolerances are ``min_atol`` (at the row's rt
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -49,7 +50,13 @@ import numpy as np
 import torch
 
 from toolkit.atomic import clean_stale_partials
-from toolkit.errors import CheckFailedError, DataError, ToolkitError, UsageError
+from toolkit.errors import (
+    CheckFailedError,
+    DataError,
+    ToolkitError,
+    UnsafeFileError,
+    UsageError,
+)
 from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file, weights_sha256
 
 #: Added to ``|ref|`` in reported relative differences, so zeros do not divide by zero.
@@ -666,9 +673,21 @@ def _reload_plans(
         given = network(path) if model is not None or model_kwargs else None
         return load_lightning_model(path, model=given, trust_pickled_file=trusted(path))
 
+    def untrusted_sibling(load: Callable[[Path], Any], path: Path) -> Any:
+        try:
+            return load(path)
+        except UnsafeFileError:
+            if not trust or trusted(path):
+                raise
+            raise UnsafeFileError(
+                f"refusing to load {path}: it holds pickled Python objects that could run "
+                f"code, and --trust_pickled_file covers only the --checkpoint file "
+                f"({checkpoint.name}); check it with --checkpoint {path} if you trust it"
+            ) from None
+
     def plan(name: str, fmt: str, load: Callable[[Path], Any], path: Path) -> RowPlan:
         row = ParityRow(name, fmt, "eager", "reload", str(path), Tolerances.exact())
-        return row, lambda: _eager(load(path), device, shape, threads)
+        return row, lambda: _eager(untrusted_sibling(load, path), device, shape, threads)
 
     plans = []
     for key, path in reload_sources(checkpoint).items():
@@ -1167,14 +1186,14 @@ def _per_set_table(report: ParityReport) -> str:
 
 def write_report(report: ParityReport, folder: str | Path) -> tuple[Path, Path]:
     """Atomically write ``parity.json`` and ``parity.md`` into ``folder``, as a pair."""
-    from toolkit.atomic import atomic_paths, write_json, write_text
+    from toolkit.atomic import atomic_paths, write_plain
 
     folder = Path(folder)
     json_path, md_path = folder / REPORT_JSON, folder / REPORT_MD
     markdown = render_markdown(report)
     with atomic_paths([json_path, md_path]) as (json_tmp, md_tmp):
-        write_json(json_tmp, report.to_json())
-        write_text(md_tmp, markdown)
+        write_plain(json_tmp, json.dumps(report.to_json(), indent=2) + "\n")
+        write_plain(md_tmp, markdown)
     return json_path, md_path
 
 
