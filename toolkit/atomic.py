@@ -175,10 +175,8 @@ def _remove(path: Path) -> None:
 
 def write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:
     """Atomically write ``text`` to ``path``."""
-    with atomic_path(path, overwrite) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_path(path, overwrite) as tmp:
+        write_plain(tmp, text)
     return Path(path)
 
 
