@@ -755,6 +755,8 @@ def test_bench_command_checks_its_options_before_timing(
                         regression_threshold=-1)  # fmt: skip
     with pytest.raises(UsageError, match="benchmarks a PyTorchCNN, this checkpoint holds a "):
         B.bench_command(**quick, compare=str(other))
+    with pytest.raises(UsageError, match="is the report this run would replace"):
+        B.bench_command(**quick, compare=quick["output_dir"] + "/bench.json")  # the baseline
     with pytest.raises(UsageError, match="--compare_by must be one of p50, eager; got 'mean'"):
         B.bench_command(**quick, compare=str(tmp_path / "out" / "bench.json"), compare_by="mean")
 

@@ -1755,6 +1755,13 @@ def bench_command(
     names = _split_names(runtimes)
     exports_dir = Path(exports) if exports else default_exports_dir(ckpt)
     out_dir = Path(output_dir) if output_dir else exports_dir
+    if compare and (out_dir / BENCH_JSON).resolve() == Path(compare).resolve():
+        # The comparison would work, but the baseline would be gone and the error name a
+        # file that then holds the new figures.
+        raise UsageError(
+            f"--compare {compare} is the report this run would replace; copy it elsewhere "
+            "first (e.g. cp it to old-bench.json) or write this run with --output_dir"
+        )
     user_inputs = read_input_file(inputs, shape) if inputs else None
     check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
     clean_stale_partials(exports_dir)  # finish or undo what a killed export left
