@@ -608,11 +608,13 @@ def test_bench_uses_verify_report_only_while_it_describes_the_artifacts(
     def sources(report: B.BenchReport) -> dict[str, str | None]:
         return {row.label: row.parity_source for row in report.rows}
 
-    assert sources(B.bench_command(**quick)) == {
+    first = B.bench_command(**quick)
+    assert sources(first) == {
         "eager": "reference",
         "onnxruntime (onnx)": "parity.json",
         "torchscript": "parity.json",
     }
+    assert "parity.json (fashion-mnist test, 32 samples) where it covers" in first.parity_source
     # onnx exported again after verify (same weights, new file): its row is checked afresh
     export_command(checkpoint, format="onnx", output_dir=str(exports), overwrite=True)
     report = B.bench_command(**quick)

@@ -1063,6 +1063,18 @@ def _read_parity(
     return statuses, notes
 
 
+def _parity_scope(path: Path) -> str:
+    """What a ``parity.json`` checked, e.g. ``fashion-mnist test, 500 samples``: a PASS from
+    ``verify --limit 500`` is not one from the whole split."""
+    from toolkit.reload import read_json_object
+
+    data = read_json_object(path)
+    samples, dataset = data.get("samples"), data.get("dataset")
+    what = " ".join(str(v) for v in (dataset, data.get("split")) if isinstance(v, str))
+    count = f"{samples:,} samples" if isinstance(samples, int) else "samples not recorded"
+    return f"{what}, {count}" if what else count
+
+
 def _format_tolerance(fmt: str | None) -> tuple[float, float, bool, float]:
     from toolkit.formats import FORMATS
 
@@ -1802,7 +1814,8 @@ def bench_command(
     report.network = type(network).__name__
     report.checkpoint = str(ckpt)
     report.parity_source = (
-        f"{parity_path} where it covers a row, else a quick check on random inputs"
+        f"{parity_path} ({_parity_scope(parity_path)}) where it covers a row, else a quick "
+        "check on random inputs"
         if verified
         else "quick check against eager on random inputs (run `toolkit verify` for real data)"
     )
