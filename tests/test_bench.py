@@ -291,6 +291,13 @@ def test_verdict_picks_the_fastest_passing_runtime() -> None:
     assert verdict.excluded_faster == ["fast-but-wrong (fail)", "unchecked (unchecked)"]
     (none,) = B.choose_verdicts([_row("x", 1.0, "FAIL")], ["cpu"], [1])
     assert none.runtime is None and "no runtime passed" in none.text
+    assert "reduced precision" not in verdict.text
+    rows.append(_row("onnxruntime", 10.0, ratio=0.1, ci=[0.09, 0.11], format="onnx-fp16"))
+    (lossy,) = B.choose_verdicts(rows, ["cpu"], [1])
+    assert (
+        "fastest correct = onnxruntime (onnx-fp16), 10 us p50 (reduced precision: passed "
+        "on label agreement, not value parity)" in lossy.text
+    )
 
 
 def test_verdict_says_whether_the_winner_beats_the_runner_up() -> None:

@@ -1063,6 +1063,13 @@ def _read_parity(
     return statuses, notes
 
 
+def _judged_by_labels(fmt: str | None) -> bool:
+    """Whether a format passes parity on label agreement (reduced precision: fp16, int8)."""
+    from toolkit.formats import FORMATS
+
+    return fmt is not None and fmt in FORMATS.names() and FORMATS.get(fmt).judged_by_labels
+
+
 def _parity_scope(path: Path) -> str:
     """What a ``parity.json`` checked, e.g. ``fashion-mnist test, 500 samples``: a PASS from
     ``verify --limit 500`` is not one from the whole split."""
@@ -1194,6 +1201,8 @@ def choose_verdicts(
                 continue
             speedup = ci = None
             text = f"{head}fastest correct = {best.label}, {_fmt_us(best.p50_us)} p50"
+            if _judged_by_labels(best.format):  # fp16/int8: correct means within its tolerance
+                text += " (reduced precision: passed on label agreement, not value parity)"
             if best.ratio_to_eager and best.ratio_ci:
                 speedup = 1.0 / best.ratio_to_eager
                 ci = [1.0 / best.ratio_ci[1], 1.0 / best.ratio_ci[0]]
