@@ -346,6 +346,8 @@ def test_terminal_table_names_every_row(tiny_report: parity.ParityReport) -> Non
     assert all(name in text for name in RELOAD_ROWS)
     assert "parity: PASS" in text and "agree %" in text
     assert "rule: a value-judged row passes when every |diff| <= atol + rtol*|ref|" in text
+    flat = " ".join(text.split())  # the title may wrap
+    assert "mean abs the mean over all their samples" in flat  # not "the max", as it once said
 
 
 def test_nan_inputs_are_reported_not_crashed(trained_run: Path, empty_exports: Path) -> None:

@@ -1099,8 +1099,9 @@ def print_report(report: ParityReport, file: Any = None) -> None:
     file = file or sys.stdout
     width = table_width(file)
     title = (
-        f"Parity vs {report.reference} — {_inputs_line(report)}; diffs are the max over "
-        "all input sets (parity.md has them per set)"
+        f"Parity vs {report.reference} — {_inputs_line(report)}; max abs/rel are the max "
+        "over all input sets, mean abs the mean over all their samples (parity.md has each "
+        "set's)"
     )
     table = rich_table(table_rows(report), _columns(), title=title, row_style=_row_style)
     print_table(table, file=file, width=width)
