@@ -128,6 +128,27 @@ def test_checkpoint_with_wrong_contents_is_one_clear_line(
         load_network(tmp_path / "odd.ckpt", "mlp")
 
 
+def test_an_exported_artifact_given_as_weights_is_named_as_such(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """Once "not a readable torch file (corrupt or truncated)" for a good model.onnx, and
+    torch's TorchScript warning plus advice to unpickle for a TorchScript model.pt."""
+    from toolkit.export import export_model
+
+    net = load_network(trained_run / "model.ckpt")
+    formats = ["onnx", "torchscript", "exported-program"]
+    export_model(net, torch.rand(2, 1, 28, 28), formats, tmp_path / "exports")
+    kinds = {"onnx": "ONNX", "torchscript": "TorchScript", "exported-program": "ExportedProgram"}
+    for fmt, kind in kinds.items():
+        (artifact,) = [
+            p for p in (tmp_path / "exports" / fmt).iterdir() if p.name != "manifest.json"
+        ]
+        proc = run_cli("evaluate", "--checkpoint", str(artifact))
+        assert_one_line_error(proc, 1, f"is an exported {kind} artifact, not weights")
+    for name in ("model.ckpt", "model.pt"):  # real weights are not mistaken for artifacts
+        read_torch_file(trained_run / name)
+
+
 def test_an_unreadable_weights_file_is_named_as_such(
     tmp_path: Path, trained_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

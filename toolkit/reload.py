@@ -33,6 +33,12 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
     """
     path = Path(path)
     check_is_file(path)
+    artifact = _artifact_kind(path)
+    if artifact:
+        raise CheckpointError(
+            f"{path} is an exported {artifact} artifact, not weights; give the run's .ckpt, "
+            "state_dict .pt or .safetensors (toolkit verify checks artifacts)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickled_file)
     except pickle.UnpicklingError as exc:
@@ -59,6 +65,26 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         reason = first_line(exc)
         detail = "" if reason.isdigit() else f" ({reason})"  # the unpickler's bare opcodes
         raise CheckpointError(f"{path} is not a readable torch file{detail}") from None
+
+
+def _artifact_kind(path: Path) -> str | None:
+    """``ONNX``, ``TorchScript`` or ``ExportedProgram`` when ``path`` is such an export (which
+    ``torch.load`` would call corrupt, or hand to ``torch.jit.load``), else None."""
+    if path.suffix == ".onnx":
+        return "ONNX"
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    parts = {part for name in names for part in name.split("/")[1:2]}
+    if "code" in parts or "constants.pkl" in parts:
+        return "TorchScript"
+    if any(name.endswith("archive_format") or "/data/weights/" in name for name in names):
+        return "ExportedProgram"
+    return None
 
 
 def check_is_file(path: str | Path) -> None:
