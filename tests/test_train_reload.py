@@ -162,6 +162,20 @@ def test_evaluate_prints_the_tutorial_line(run, idx_dir: Path, capsys) -> None:
     assert from_weights == result
 
 
+def test_evaluate_scores_in_the_precision_the_run_recorded(tmp_path: Path, idx_dir: Path) -> None:
+    # bf16-mixed: the accuracy passes after training ran in bf16; evaluate once ran in fp32
+    # and printed other numbers for the same weights.
+    run = train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path),
+                trainer={"logger": False, "precision": "bf16-mixed",
+                         "limit_train_batches": 1})  # fmt: skip
+    info = json.loads((Path(run.run_dir) / "run.json").read_text())
+    assert info["precision"] == "bf16-mixed"
+    scores = evaluate(checkpoint=str(Path(run.run_dir) / "model.ckpt"))
+    assert (scores["train_acc"], scores["val_acc"], scores["test_acc"]) == pytest.approx(
+        (run.train_acc, run.val_acc, run.test_acc), abs=0
+    )
+
+
 def test_evaluate_uses_the_split_the_run_trained_on(tmp_path: Path, idx_dir: Path) -> None:
     # One step: a half-trained network scores two different val splits differently.
     run = train(data_dir=str(idx_dir), max_epochs=1, seed=7, output_dir=str(tmp_path),

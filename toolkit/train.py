@@ -110,6 +110,8 @@ class TrainResult:
     data_dir: str | None = None
     #: Optimizer steps taken (Lightning's ``global_step``).
     steps_run: int = 0
+    #: Lightning's precision for training and the accuracy passes (``evaluate`` uses it too).
+    precision: str | None = None
     #: The trained network (CPU, eval mode); not part of the JSON.
     model: torch.nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -760,6 +762,7 @@ def _train_into(
         versions=_versions(),
         data_dir=str(Path(data.data_dir).resolve()) if data.data_dir else None,
         steps_run=int(pl_trainer.global_step),
+        precision=str(pl_trainer.precision),
         model=lightning_model.model.cpu().eval(),
     )
     if not pl_trainer.is_global_zero:
@@ -859,11 +862,11 @@ def evaluate(
         source = Path(weights)  # type: ignore[arg-type]
         name = model or type(net).__name__
     info = _run_info(source)
-    recorded = {k: v for k, v in info.items() if isinstance(v, str)}  # a run.json's text
+    run_text = {k: v for k, v in info.items() if isinstance(v, str)}  # a run.json's text
     if dataset is None and data_dir is None:  # the data the run was trained on
-        data_dir = recorded.get("data_dir")
+        data_dir = run_text.get("data_dir")
     if dataset is None:
-        dataset = recorded.get("dataset", DEFAULT_DATASET)
+        dataset = run_text.get("dataset", DEFAULT_DATASET)
     if seed is None:  # the split the run trained on: its val samples were never trained on
         recorded = info.get("seed")
         usable = type(recorded) is int and 0 <= recorded <= 2**32 - 1
@@ -875,10 +878,15 @@ def evaluate(
     # file's fault.
     error = UsageError if model_kwargs else CheckpointError
     _check_fits_data(lightning_model.model, name, _sample_shape(data), dataset, error=error)
+    precision = run_text.get("precision", "32-true")  # as the run scored itself
+    what = f"--accelerator {accelerator!r}" + (
+        "" if precision == "32-true" else f" with the run's precision {precision!r}"
+    )
     # Built last: the Trainer prints its device lines, which belong to no error.
     try:
         pl_trainer = L.Trainer(
             accelerator=accelerator,
+            precision=precision,
             devices=1,
             logger=False,
             enable_progress_bar=sys.stderr.isatty(),
@@ -886,11 +894,9 @@ def evaluate(
             enable_checkpointing=False,
         )
     except ImportError as exc:  # e.g. "tpu" without torch_xla
-        raise MissingDependencyError(
-            f"bad --accelerator {accelerator!r}: {first_line(exc)}"
-        ) from None
+        raise MissingDependencyError(f"bad {what}: {first_line(exc)}") from None
     except (TypeError, ValueError, RuntimeError, MisconfigurationException) as exc:
-        raise UsageError(f"bad --accelerator {accelerator!r}: {first_line(exc)}") from None
+        raise UsageError(f"bad {what}: {first_line(exc)}") from None
     with _stops_as_errors("no accuracy was measured"):
         train_acc, val_acc, test_acc = _accuracies(pl_trainer, lightning_model, data)
     print(format_accuracies(train_acc, val_acc, test_acc))
