@@ -1089,6 +1089,28 @@ def test_compare_names_what_differs_between_the_reports() -> None:
         "threads was 2 in the old report, 1 now",
         "CPU was A in the old report, B now",
     ]
+    # The same row from an artifact exported again (another exporter, say): said so.
+    old.rows = [_row("onnxruntime", 10.0, format="onnx"), _row("eager", 50.0)]
+    same.rows = [_row("onnxruntime", 10.0, format="onnx"), _row("eager", 50.0)]
+    old.rows[0].artifact_sha256 = same.rows[0].artifact_sha256 = "a" * 64
+    assert B.comparability_notes(old, same) == []
+    same.rows[0].artifact_sha256 = "b" * 64
+    assert B.comparability_notes(old, same) == [
+        "the onnx artifact(s) were exported again since the old report"
+    ]
+
+
+def test_bench_rows_record_their_artifacts_manifest(trained_run: Path, tmp_path: Path) -> None:
+    from toolkit.export import export_command
+    from toolkit.manifest import sha256_file
+
+    exports = tmp_path / "exports"
+    export_command(str(trained_run / "model.ckpt"), format="torchscript", output_dir=str(exports))
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "torchscript"}
+    report = B.bench_command(**quick)
+    row = report.row("torchscript", "cpu", 1, "torchscript")
+    assert row.artifact_sha256 == sha256_file(exports / "torchscript" / "manifest.json")
+    assert report.row("eager", "cpu", 1).artifact_sha256 is None
 
 
 def test_mixed_clocks_on_one_device_are_flagged() -> None:

@@ -494,6 +494,9 @@ class BenchRow:
     parity: str = UNCHECKED
     parity_source: str | None = None
     parity_detail: str | None = None
+    #: sha256 of the artifact's ``manifest.json`` (which holds every file's sha256): tells
+    #: ``--compare`` when a row's artifact was exported again. None for module runtimes.
+    artifact_sha256: str | None = None
 
     @property
     def label(self) -> str:
@@ -976,7 +979,17 @@ def _row(live: _Live, device: str, batch: int, protocol: TimingProtocol) -> Benc
         quantiles_us=[round(float(v) * us, 4) for v in np.percentile(samples, SKETCH_PERCENTILES)],
         wall_p50_us=wall_p50,
         below_min_calls=st["n"] < protocol.min_calls,
+        artifact_sha256=_manifest_sha256(live.spec.source),
     )
+
+
+def _manifest_sha256(source: Any) -> str | None:
+    """sha256 of an artifact folder's ``manifest.json``; None for an in-memory network."""
+    from toolkit.manifest import MANIFEST_NAME, sha256_file
+
+    if not isinstance(source, str | Path) or not (Path(source) / MANIFEST_NAME).is_file():
+        return None
+    return sha256_file(Path(source) / MANIFEST_NAME)
 
 
 def _add_ratios(rows: list[BenchRow], lives: dict[str, _Live]) -> None:
@@ -1514,6 +1527,19 @@ def comparability_notes(old: BenchReport, new: BenchReport) -> list[str]:
         before, now = getattr(old, part).get(key), getattr(new, part).get(key)
         if before is not None and now is not None and before != now:
             notes.append(f"{name} was {before} in the old report, {now} now")
+    artifacts = {(r.runtime, r.format): r.artifact_sha256 for r in old.rows}
+    changed = sorted(
+        {
+            r.format or r.runtime
+            for r in new.rows
+            if r.artifact_sha256
+            and artifacts.get((r.runtime, r.format)) not in (None, r.artifact_sha256)
+        }
+    )
+    if changed:
+        notes.append(
+            f"the {', '.join(changed)} artifact(s) were exported again since the old report"
+        )
     return notes
 
 
