@@ -721,6 +721,12 @@ class CrashingRunner(SleepRunner):
         raise RuntimeError("bad graph")
 
 
+def test_a_skip_on_every_device_says_so() -> None:
+    text = B.Skipped("onnx-fp16", "*", "no onnx-fp16 artifact", "onnx-fp16").text()
+    assert text == "onnx-fp16 on every device: skipped (no onnx-fp16 artifact)"
+    assert B.Skipped("eager", "cpu", "x", batch=8).text() == "eager on cpu batch 8: skipped (x)"
+
+
 def test_only_a_failure_of_the_runtime_itself_counts_as_broken(mlp: torch.nn.Module) -> None:
     specs = _specs(mlp, ("fake-unavailable", UnavailableRunner), ("fake-crash", CrashingRunner))
     report = B.bench(specs, SHAPE, "cpu", [1], threads=1, protocol=FAST)

@@ -525,7 +525,8 @@ class Skipped:
     def text(self) -> str:
         """One line for the terminal and the Markdown report."""
         what = _label(self.runtime, self.format)
-        where = self.device if self.batch is None else f"{self.device} batch {self.batch}"
+        device = "every device" if self.device == "*" else self.device
+        where = device if self.batch is None else f"{device} batch {self.batch}"
         return f"{what} on {where}: skipped ({self.reason})"
 
 
