@@ -64,7 +64,7 @@ from toolkit.errors import (
     UsageError,
     first_line,
 )
-from toolkit.manifest import default_exports_dir
+from toolkit.manifest import default_exports_dir, manifest_sha256
 from toolkit.runtimes import RUNTIMES, Runner
 
 SCHEMA_VERSION = 1
@@ -649,6 +649,8 @@ class RuntimeSpec:
     source: Any
     format: str | None = None
     runner_class: type[Runner] | None = None
+    #: sha256 of the artifact's ``manifest.json``, recorded in its rows; None for a network.
+    artifact_sha256: str | None = None
 
     @property
     def label(self) -> str:
@@ -742,7 +744,8 @@ def discover_runtimes(
                 reason = f"runtime '{runtime}' is not registered"
                 skipped.append(Skipped(runtime, "*", reason, manifest.format))
                 continue
-            specs.append(RuntimeSpec(runtime, folder, manifest.format))
+            specs.append(RuntimeSpec(runtime, folder, manifest.format,
+                                     artifact_sha256=manifest_sha256(folder)))  # fmt: skip
     if wanted is not None:
         known = {s.runtime for s in specs} | {s.format for s in specs} | {"eager"}
         known |= {s.runtime for s in skipped}
@@ -980,17 +983,8 @@ def _row(live: _Live, device: str, batch: int, protocol: TimingProtocol) -> Benc
         quantiles_us=[round(float(v) * us, 4) for v in np.percentile(samples, SKETCH_PERCENTILES)],
         wall_p50_us=wall_p50,
         below_min_calls=st["n"] < protocol.min_calls,
-        artifact_sha256=_manifest_sha256(live.spec.source),
+        artifact_sha256=live.spec.artifact_sha256,
     )
-
-
-def _manifest_sha256(source: Any) -> str | None:
-    """sha256 of an artifact folder's ``manifest.json``; None for an in-memory network."""
-    from toolkit.manifest import MANIFEST_NAME, sha256_file
-
-    if not isinstance(source, str | Path) or not (Path(source) / MANIFEST_NAME).is_file():
-        return None
-    return sha256_file(Path(source) / MANIFEST_NAME)
 
 
 def _add_ratios(rows: list[BenchRow], lives: dict[str, _Live]) -> None:
@@ -1035,7 +1029,7 @@ def parity_notes(
 def _read_parity(
     path: str | Path, checkpoint: str | Path | None, exports: str | Path | None
 ) -> tuple[dict[tuple[str, str | None, str], tuple[str, str]], list[str]]:
-    from toolkit.manifest import MANIFEST_NAME, sha256_file
+    from toolkit.manifest import sha256_file
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -1066,9 +1060,8 @@ def _read_parity(
         if not isinstance(runtime, str) or not isinstance(fmt, str | None):
             continue  # not a row this version wrote
         if exports is not None and row.get("kind") == "artifact":
-            manifest = Path(exports) / str(fmt) / MANIFEST_NAME
             recorded = row.get("manifest_sha256")
-            if recorded is None or not manifest.is_file() or sha256_file(manifest) != recorded:
+            if recorded is None or manifest_sha256(Path(exports) / str(fmt)) != recorded:
                 notes.append(f"{fmt} changed since {path} was written")
                 continue
         reasons = row.get("reasons")

@@ -80,6 +80,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def manifest_sha256(folder: str | Path) -> str | None:
+    """sha256 of ``folder/manifest.json``, which holds every file's sha256: one fingerprint
+    of an exported artifact. None when there is no readable manifest there."""
+    try:
+        return sha256_file(Path(folder) / MANIFEST_NAME)
+    except OSError:  # missing, a folder, unreadable, or vanished since it was read
+        return None
+
+
 @dataclasses.dataclass
 class ArtifactFile:
     """One file of an artifact (the model, or an external-data file)."""

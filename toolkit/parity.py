@@ -57,7 +57,13 @@ from toolkit.errors import (
     UnsafeFileError,
     UsageError,
 )
-from toolkit.manifest import MANIFEST_NAME, default_exports_dir, sha256_file, weights_sha256
+from toolkit.manifest import (
+    MANIFEST_NAME,
+    default_exports_dir,
+    manifest_sha256,
+    sha256_file,
+    weights_sha256,
+)
 
 #: Added to ``|ref|`` in reported relative differences, so zeros do not divide by zero.
 EPS = 1e-6
@@ -732,7 +738,7 @@ def _artifact_plans(
     row = ParityRow(folder.name, "?", "?", "artifact", str(folder))
     try:
         manifest = Manifest.load(folder)
-        row.manifest_sha256 = _manifest_sha256(folder)
+        row.manifest_sha256 = manifest_sha256(folder)
         row.format, row.runtime = manifest.format, manifest.runtime
         manifest.verify_files(folder)  # before any runtime parses the file
         row.tolerances = Tolerances.of_format(manifest.format, overrides)
@@ -790,14 +796,6 @@ def refuse_other_weights(folders: list[Path], weights: str, checkpoint: Path) ->
             f"({', '.join(sorted(set(sources)))}) than {checkpoint}; pass that file as "
             f"--checkpoint, or export this one: toolkit export --checkpoint {checkpoint}"
         )
-
-
-def _manifest_sha256(folder: Path) -> str | None:
-    """sha256 of ``folder/manifest.json`` (None if it vanished since it was read)."""
-    try:
-        return sha256_file(folder / MANIFEST_NAME)
-    except OSError:
-        return None
 
 
 # -- options -------------------------------------------------------------------------------
