@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import shutil
 import sys
@@ -139,9 +140,18 @@ def _check_run_name(run_name: str | None) -> None:
         )
 
 
+#: The seed the tutorial uses, and the largest that numpy's and Lightning's seeding accept.
+DEFAULT_SEED, MAX_SEED = 42, 2**32 - 1
+
+
+def _valid_seed(seed: Any) -> bool:
+    integer = isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+    return integer and 0 <= seed <= MAX_SEED
+
+
 def _check_numbers(num_workers: int, learning_rate: float, seed: int = 0) -> None:
-    if not 0 <= seed <= 2**32 - 1:  # the range numpy's and Lightning's seeding accept
-        raise UsageError(f"--seed must be 0 to {2**32 - 1}, got {seed}")
+    if not _valid_seed(seed):
+        raise UsageError(f"--seed must be 0 to {MAX_SEED}, got {seed}")
     most = max(16, 4 * (os.cpu_count() or 1))  # each worker is a process holding the data
     if not 0 <= num_workers <= most:
         raise UsageError(f"--num_workers must be 0 to {most}, got {num_workers}")
@@ -543,7 +553,7 @@ def train(
     max_epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float | None = None,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     output_dir: str = "runs",
     run_name: str | None = None,
     overwrite: bool = False,
@@ -869,8 +879,7 @@ def evaluate(
         dataset = run_text.get("dataset", DEFAULT_DATASET)
     if seed is None:  # the split the run trained on: its val samples were never trained on
         recorded = info.get("seed")
-        usable = type(recorded) is int and 0 <= recorded <= 2**32 - 1
-        seed = recorded if usable else 42
+        seed = recorded if _valid_seed(recorded) else DEFAULT_SEED
     _check_numbers(0, 1.0, seed)
     data = MNISTDataModule(data_dir, dataset, batch_size, seed)
     data.prepare_data()
