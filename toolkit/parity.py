@@ -633,9 +633,9 @@ def _eager(module: Any, device: str, shape: tuple, threads: int) -> Any:
 
 def reload_sources(checkpoint: Path) -> dict[str, Path]:
     """The weight files of the run next to ``checkpoint``: {"checkpoint": path, ...}."""
-    from toolkit.reload import RUN_INFO
+    from toolkit.reload import RUN_INFO, read_json_object
 
-    info = _read_json(checkpoint.parent / RUN_INFO)
+    info = read_json_object(checkpoint.parent / RUN_INFO)
     names = {
         "checkpoint": "model.ckpt",
         "state_dict": "model.pt",
@@ -894,7 +894,7 @@ def verify(
             artifact in ``exports`` was exported from other weights (before anything runs).
     """
     from toolkit.models import input_shape_of
-    from toolkit.reload import RUN_INFO, load_network
+    from toolkit.reload import RUN_INFO, load_network, read_json_object, text_fields
 
     checkpoint = Path(checkpoint)
     _check_device(device)
@@ -910,7 +910,7 @@ def verify(
     folders = artifact_folders(Path(exports)) if exports is not None else []
     refuse_other_weights(folders, weights, checkpoint)
     shape = input_shape_of(reference_net)
-    run_info = _read_json(checkpoint.parent / RUN_INFO)
+    run_info = text_fields(read_json_object(checkpoint.parent / RUN_INFO))
     if dataset is None and data_dir is None:  # the data the run was trained on, as evaluate
         data_dir = run_info.get("data_dir")
     dataset = dataset or run_info.get("dataset") or "fashion-mnist"
@@ -1010,12 +1010,6 @@ def _check_device(device: str) -> None:
         raise UsageError(f"device '{device}' requested but CUDA is not available; use --device cpu")
     if kind not in ("cpu", "cuda"):
         raise UsageError(f"unsupported device '{device}'; use cpu or cuda")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    from toolkit.reload import read_json_object
-
-    return read_json_object(path)
 
 
 def environment() -> dict[str, str]:

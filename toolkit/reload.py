@@ -131,6 +131,12 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def text_fields(info: dict[str, Any]) -> dict[str, str]:
+    """The fields of a ``run.json`` that hold text (data set, data folder, precision, ...):
+    a hand-edited file's other values are ignored rather than used as paths or names."""
+    return {key: value for key, value in info.items() if isinstance(value, str)}
+
+
 def _sidecar(path: Path) -> dict[str, Any]:
     for candidate in (path.with_suffix(".json"), path.parent / RUN_INFO):
         if candidate.is_file():

@@ -54,6 +54,7 @@ from toolkit.reload import (
     load_lightning_model,
     load_network,
     read_json_object,
+    text_fields,
 )
 
 
@@ -872,7 +873,7 @@ def evaluate(
         source = Path(weights)  # type: ignore[arg-type]
         name = model or type(net).__name__
     info = _run_info(source)
-    run_text = {k: v for k, v in info.items() if isinstance(v, str)}  # a run.json's text
+    run_text = text_fields(info)
     if dataset is None and data_dir is None:  # the data the run was trained on
         data_dir = run_text.get("data_dir")
     if dataset is None:
