@@ -1674,7 +1674,7 @@ def write_outputs(report: BenchReport, folder: str | Path) -> dict[str, Path]:
     with atomic_paths(list(paths.values())) as (json_tmp, md_tmp, png_tmp):
         write_plain(json_tmp, json.dumps(report.to_json(), indent=2) + "\n")
         write_plain(md_tmp, render_markdown(report))
-        save_plot(report, png_tmp, atomic=False)
+        save_plot(report, png_tmp)
     return paths
 
 

@@ -179,9 +179,9 @@ def render_markdown(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def save_plot(report: BenchReport, path: str | Path, atomic: bool = True) -> Path:
-    """Save ``bench.png`` (atomically unless ``atomic`` is False): p50 latency with p90/p99
-    whiskers, and throughput.
+def save_plot(report: BenchReport, path: str | Path) -> Path:
+    """Save ``bench.png`` to ``path``: p50 latency with p90/p99 whiskers, and throughput.
+    ``write_outputs`` passes a temporary name and publishes it with the other reports.
 
     One line per runtime across batch sizes; one pair of panels per device.
     """
@@ -189,8 +189,6 @@ def save_plot(report: BenchReport, path: str | Path, atomic: bool = True) -> Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from toolkit.atomic import atomic_path
 
     devices = [d for d in report.devices if any(r.device == d for r in report.rows)] or ["cpu"]
     fig, axes = plt.subplots(
@@ -225,11 +223,7 @@ def save_plot(report: BenchReport, path: str | Path, atomic: bool = True) -> Pat
         if labels:
             ax_lat.legend(fontsize=7)
     try:
-        if atomic:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=110)
-        else:  # ``path`` is already a temporary name (see ``atomic_paths``)
-            fig.savefig(path, format="png", dpi=110)
+        fig.savefig(path, format="png", dpi=110)
     finally:
         plt.close(fig)
     return Path(path)
