@@ -93,8 +93,8 @@ def test_trust_covers_the_named_file_only(tmp_path: Path, trained_run: Path) -> 
 @pytest.mark.parametrize(
     ("sidecar", "message"),
     [
-        (b"[1, 2]", "does not record its network"),  # not an object: ignored
-        (b"\xff\xfe", "does not record its network"),  # not UTF-8: ignored
+        (b"[1, 2]", "does not record its network"),  # not an object: ignored, with a note
+        (b"\xff\xfe", "does not record its network"),  # not UTF-8: ignored, with a note
         (b'{"network": "mlp", "network_kwargs": "abc"}', "network_kwargs that are not JSON"),
         (b'{"network": 5}', "network name that is not text"),
         (b'{"network": "mlp", "network_kwargs": {"num_features": -5}}', "bad arguments for"),
@@ -107,7 +107,30 @@ def test_malformed_run_json_is_one_clear_line(
     (tmp_path / "run.json").write_bytes(sidecar)
     proc = run_cli("evaluate", "--checkpoint", str(tmp_path / "model.pt"))
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    ignored = {b"[1, 2]": "not a JSON object", b"\xff\xfe": "not UTF-8 text"}.get(sidecar)
+    if ignored:  # the note says why the file's network was not used, then the error
+        note, *rest = proc.stderr.splitlines()
+        assert note == f"note: ignoring {tmp_path / 'run.json'}: {ignored}", proc.stderr
+        proc.stderr = "\n".join(rest)
     assert_one_line_error(proc, proc.returncode, message)
+
+
+def test_a_run_json_that_is_not_used_is_noted_once(tmp_path: Path, capsys: Any) -> None:
+    """An unreadable run.json used to be ignored without a word: evaluate then scored on
+    the default data set and seed. One note per file, however often it is read."""
+    from toolkit.reload import read_json_object
+
+    (tmp_path / "run.json").write_text('{"dataset": "mnist",')  # truncated
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "folder.json").mkdir()
+    for _ in range(2):
+        for name in ("run.json", "list.json", "folder.json", "missing.json"):
+            assert read_json_object(tmp_path / name) == {}
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: ignoring {tmp_path / 'run.json'}: not JSON",
+        f"note: ignoring {tmp_path / 'list.json'}: not a JSON object",
+        f"note: ignoring {tmp_path / 'folder.json'}: Is a directory",
+    ]
 
 
 @pytest.mark.parametrize(

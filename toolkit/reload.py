@@ -7,8 +7,10 @@ unless the caller passes ``trust_pickled_file=True`` for a file it trusts.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -123,12 +125,40 @@ def _strip_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
 
 def read_json_object(path: str | Path) -> dict[str, Any]:
     """A JSON object from ``path``; ``{}`` when the file is missing, unreadable, not UTF-8,
-    not JSON or not an object (``run.json`` and sidecars only add to what a file says)."""
+    not JSON or not an object (``run.json`` and sidecars only add to what a file says).
+
+    A file that exists but is not used says so once, as a ``note:`` line on stderr: its
+    recorded network, data set or seed would otherwise be left out without a word.
+    """
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except OSError as exc:
+        _note_ignored(path, exc.strerror or type(exc).__name__)
+        return {}
+    except UnicodeDecodeError:
+        _note_ignored(path, "not UTF-8 text")
+        return {}
+    except ValueError:  # JSONDecodeError
+        _note_ignored(path, "not JSON")
+        return {}
+    if not isinstance(data, dict):
+        _note_ignored(path, "not a JSON object")
+        return {}
+    return data
+
+
+_NOTED: set[str] = set()
+
+
+def _note_ignored(path: Path, why: str) -> None:
+    """One ``note:`` line per file and process: several steps of a command read run.json."""
+    key = os.path.abspath(path)
+    if key not in _NOTED:
+        _NOTED.add(key)
+        print(f"note: ignoring {path}: {why}", file=sys.stderr)
 
 
 def text_fields(info: dict[str, Any]) -> dict[str, str]:
