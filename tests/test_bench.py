@@ -276,6 +276,23 @@ def test_rows_that_changed_between_rounds_are_flagged() -> None:
     assert warning in render_markdown(report)
 
 
+def test_load_times_are_shown_in_the_units_of_the_other_columns() -> None:
+    """The load column printed "0.0123 s" beside "12.3 ms" latencies."""
+    from toolkit.bench_report import render_markdown
+
+    rows = [_row("eager", 100.0), _row("onnxruntime", 20.0, format="onnx")]
+    rows[0].load_s, rows[1].load_s = 0.0123, 2.5
+    markdown = render_markdown(B.BenchReport({}, {}, ["cpu"], [1], rows, [], [], ""))
+    eager, onnx = (
+        [cell.strip() for cell in line.split("|")]
+        for line in markdown.splitlines()
+        if line.startswith(("| eager", "| onnxruntime"))
+    )
+    header = next(line for line in markdown.splitlines() if "| runtime" in line)
+    load = [cell.strip() for cell in header.split("|")].index("load")
+    assert (eager[load], onnx[load]) == ("12.3 ms", "2.5 s")
+
+
 def test_verdict_picks_the_fastest_passing_runtime() -> None:
     rows = [
         _row("eager", 100.0, ratio=1.0, ci=[0.98, 1.02]),
