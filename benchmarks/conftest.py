@@ -74,7 +74,9 @@ def module_runtimes() -> tuple[str, ...]:
 def get_runner(
     runners: dict[tuple[str, str], Any], network: torch.nn.Module, exports: Path
 ) -> Callable[[str, str], Any]:
-    """``get_runner(runtime, device)``: the loaded runner (skips where it cannot run)."""
+    """``get_runner(runtime, device)``: the loaded runner (skips where it cannot run here,
+    fails where it is broken)."""
+    from toolkit.errors import UsageError
     from toolkit.runtimes import RUNTIMES
 
     def get(runtime: str, device: str) -> Any:
@@ -91,8 +93,10 @@ def get_runner(
             runner = cls(source, device=device, input_shape=network.input_shape, threads=THREADS)
             try:
                 runner.load()
-            except Exception as exc:  # e.g. onnxruntime without its CUDA provider
+            except UsageError as exc:  # unavailable here: onnxruntime without its CUDA provider
                 pytest.skip(f"runtime {runtime} cannot load on {device}: {exc}")
+            # Any other failure is a broken runtime and fails the run, as `toolkit bench`
+            # exits 1 for it: a skip would drop it from the figures without a word.
             runners[(runtime, device)] = runner
         return runners[(runtime, device)]
 

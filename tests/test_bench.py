@@ -692,14 +692,18 @@ def test_bench_fails_when_an_artifact_or_a_named_runtime_cannot_run(
     ],
 )
 def test_a_malformed_compare_report_is_refused_before_timing(
-    trained_run: Path, tmp_path: Path, change: Any, problem: str
+    trained_run: Path, tmp_path: Path, change: Any, problem: str, monkeypatch
 ) -> None:
+    def no_timing(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("timed although the --compare report is malformed")
+
     quick = _quick(trained_run, tmp_path)
     data = B.bench_command(**quick).to_json()
     change(data)
     old = tmp_path / "old.json"
     old.write_text(json.dumps(data))
     before = (tmp_path / "out" / "bench.json").read_bytes()
+    monkeypatch.setattr(B, "bench", no_timing)
     with pytest.raises(B.DataError, match=re.escape(problem)):  # once a TypeError traceback
         B.bench_command(**quick, compare=str(old))
     assert (tmp_path / "out" / "bench.json").read_bytes() == before  # nothing was replaced

@@ -93,8 +93,11 @@ def test_nan_and_inf_are_counted_apart() -> None:
     cand = np.array([[np.nan, 0, 0, 0], [np.inf, -np.inf, 0, 0], [0, 0, 0, 0.25]])
     assert nonfinite_counts(cand) == (1, 2)
     assert max_abs_diff(ref, cand) == 0.25  # over the finite values only
-    _, flipped = top1_agreement(ref, cand)
-    assert flipped >= 1  # a row with NaN never agrees
+    # Row 0's NaN sits where argmax of both rows points (index 0), so only the NaN rule
+    # can count it; row 1 agrees (argmax 0 both), row 2 flips to label 3.
+    agreement, flipped = top1_agreement(ref, cand)
+    assert flipped == 2  # a row with NaN never agrees
+    assert agreement == pytest.approx(1 / 3)
 
 
 def test_allclose_rule_matches_numpy_isclose() -> None:
