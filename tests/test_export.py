@@ -195,7 +195,8 @@ def test_legacy_exporter_and_opset(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("exporter", "fmt"), [("legacy", "onnx"), ("dynamo", "onnx"), ("legacy", "onnx-int8")]
+    ("exporter", "fmt"),
+    [("legacy", "onnx"), ("dynamo", "onnx"), ("legacy", "onnx-int8"), ("legacy", "onnx-fp16")],
 )
 def test_opset_range_ends_round_trip_and_beyond_is_refused(
     exporter: str, fmt: str, tmp_path: Path
@@ -208,6 +209,11 @@ def test_opset_range_ends_round_trip_and_beyond_is_refused(
         out = tmp_path / str(opset)
         manifest = export_model(model, inputs(3), fmt, out, exporter=exporter, opset=opset)[fmt]
         assert manifest.opset == opset
+        if fmt == "onnx-fp16":  # below opset 9 the weights stayed float32 (graph inputs)
+            import onnx
+
+            graph = onnx.load(str(out / fmt / "model.onnx")).graph
+            assert {i.data_type for i in graph.initializer} == {onnx.TensorProto.FLOAT16}
         outputs = run_onnx(out / fmt / "model.onnx")
         for b in BATCHES:
             assert_close(fmt, outputs[b], eager(model, inputs(b)))
@@ -225,6 +231,7 @@ def test_opset_ranges_of_the_installed_exporters() -> None:
     assert onnx_opset_range("legacy")[1] <= min(20, newest)
     assert onnx_opset_range("dynamo") == (18, newest)
     assert onnx_opset_range("legacy", "onnx-int8")[0] == 11
+    assert onnx_opset_range("legacy", "onnx-fp16")[0] == 9
     with pytest.raises(UsageError, match="unknown exporter 'jit'"):
         onnx_opset_range("jit")
 

@@ -80,8 +80,10 @@ def _format_choices() -> str:
 _LEGACY_MIN_OPSET, _LEGACY_MAX_OPSET, _DYNAMO_MIN_OPSET = 7, 20, 18
 #: Formats that need a newer opset than the exporter's lowest. onnxruntime's quantizer
 #: rewrites models below opset 10 to 11 (the file would not have the opset asked for), and
-#: at opset 10 the int8 mlp was about 100x further from fp32 than at 11.
-FORMAT_MIN_OPSET = {"onnx-int8": 11}
+#: at opset 10 the int8 mlp was about 100x further from fp32 than at 11. Below opset 9 the
+#: legacy exporter lists the weights as graph inputs (ONNX IR 3 needs that), which the fp16
+#: converter keeps in float32: the "fp16" file held fp32 weights, as large as the fp32 one.
+FORMAT_MIN_OPSET = {"onnx-int8": 11, "onnx-fp16": 9}
 
 
 def _torch_constant(module: str, name: str, default: int) -> int:
@@ -98,7 +100,8 @@ def onnx_opset_range(exporter: str, fmt: str = "onnx") -> tuple[int, int]:
     no kernels for the ops written) to ``ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET`` (20; above
     it torch only warns). ``dynamo``: torchlib's opset (18; a lower one is silently written
     as 18) to the newest opset the installed ``onnx`` knows (a newer one is also silently
-    written as 18). Both are capped by that newest opset; ``onnx-int8`` needs at least 11.
+    written as 18). Both are capped by that newest opset; ``onnx-int8`` needs at least 11
+    and ``onnx-fp16`` at least 9.
 
     Raises:
         UsageError: unknown exporter.
