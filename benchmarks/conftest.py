@@ -76,7 +76,7 @@ def get_runner(
 ) -> Callable[[str, str], Any]:
     """``get_runner(runtime, device)``: the loaded runner (skips where it cannot run here,
     fails where it is broken)."""
-    from toolkit.errors import UsageError
+    from toolkit.errors import RuntimeUnavailableError
     from toolkit.runtimes import RUNTIMES
 
     def get(runtime: str, device: str) -> Any:
@@ -93,7 +93,7 @@ def get_runner(
             runner = cls(source, device=device, input_shape=network.input_shape, threads=THREADS)
             try:
                 runner.load()
-            except UsageError as exc:  # unavailable here: onnxruntime without its CUDA provider
+            except RuntimeUnavailableError as exc:  # onnxruntime without its CUDA provider
                 pytest.skip(f"runtime {runtime} cannot load on {device}: {exc}")
             # Any other failure is a broken runtime and fails the run, as `toolkit bench`
             # exits 1 for it: a skip would drop it from the figures without a word.

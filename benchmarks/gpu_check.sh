@@ -49,7 +49,7 @@ step "export every format"
 "$PY" -m toolkit export --checkpoint "$CKPT" --format all --output_dir "$EXPORTS"
 
 step "verify parity on CUDA"
-# onnxruntime here is CPU-only: its rows may fail to load on cuda; keep going and report.
+# onnxruntime here is CPU-only: its rows are skipped on cuda; keep going and report.
 "$PY" -m toolkit verify --checkpoint "$CKPT" --exports "$EXPORTS" --device cuda \
     --data_dir "$WORK/idx" || echo "verify reported failures (see parity.json)"
 cp "$EXPORTS/parity.json" "$OUT/" 2>/dev/null || true

@@ -251,6 +251,32 @@ def test_nan_outputs_fail_and_batch_dependence_fails(synthetic) -> None:
     assert any("depend on the batch" in r for r in row.reasons)
 
 
+def test_a_runtime_unavailable_here_skips_its_row_and_a_broken_one_fails(synthetic) -> None:
+    """verify --device cuda with a CPU-only onnxruntime failed every ONNX row, where bench
+    skips the runtime as not applicable; a runtime that breaks while loading still fails."""
+    from toolkit.errors import RuntimeUnavailableError
+
+    _, sets, _, _ = synthetic
+
+    class Runner:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def load(self) -> float:
+            raise self.error
+
+        def close(self) -> None:
+            pass
+
+    no_provider = RuntimeUnavailableError("this onnxruntime has no CUDAExecutionProvider")
+    row = ParityRow("onnx", "onnx", "onnxruntime", "artifact", "-")
+    assert parity._run_row(row, lambda: Runner(no_provider), sets) is None
+    assert (row.status, row.reasons, row.failed) == ("SKIP", [str(no_provider)], False)
+    row = ParityRow("onnx", "onnx", "onnxruntime", "artifact", "-")
+    assert parity._run_row(row, lambda: Runner(RuntimeError("bad graph")), sets) is None
+    assert row.failed and row.reasons == ["RuntimeError: bad graph"]
+
+
 def test_tolerances_of_format_apply_overrides(monkeypatch) -> None:
     from toolkit.formats import FORMATS, Format
 

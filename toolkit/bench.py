@@ -60,6 +60,7 @@ from toolkit.errors import (
     CheckFailedError,
     DataError,
     IntegrityError,
+    RuntimeUnavailableError,
     ToolkitError,
     UsageError,
     first_line,
@@ -839,9 +840,9 @@ def _load_runners(
             load_s = runner.load()
         except Exception as exc:  # one runtime failing must not hide the others
             reason = f"load failed: {_one_line(exc)}"
-            # A UsageError here says the runtime is unavailable on this machine (no CUDA
-            # provider in a CPU-only onnxruntime): not applicable, not a damaged artifact.
-            broken = not isinstance(exc, UsageError)
+            # A runtime unavailable on this machine (no CUDA provider in a CPU-only
+            # onnxruntime) is not applicable, not a damaged artifact.
+            broken = not isinstance(exc, RuntimeUnavailableError)
             skipped.append(Skipped(spec.runtime, device, reason, spec.format, broken=broken))
             continue
         live.append(_Live(spec, runner, load_s))

@@ -73,6 +73,11 @@ class MissingDependencyError(UsageError):
     """An optional dependency is not installed."""
 
 
+class RuntimeUnavailableError(UsageError):
+    """A runtime cannot run on this machine's device (onnxruntime without its CUDA
+    provider): bench and verify skip it there, as a runtime that does not run on a device."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (or its type name), for one-line
     error messages that quote what a library said."""

@@ -53,6 +53,7 @@ from toolkit.atomic import clean_stale_partials
 from toolkit.errors import (
     CheckFailedError,
     DataError,
+    RuntimeUnavailableError,
     ToolkitError,
     UnsafeFileError,
     UsageError,
@@ -610,6 +611,10 @@ def _run_row(
         runner = make_runner()
         row.load_seconds = runner.load()
         return run_sets(runner, sets)
+    except RuntimeUnavailableError as exc:  # as a runtime that does not run on the device
+        row.status = SKIP
+        row.reasons.append(_one_line(exc))
+        return None
     except Exception as exc:
         if not isinstance(exc, ToolkitError) and os.environ.get("TOOLKIT_DEBUG") == "1":
             raise

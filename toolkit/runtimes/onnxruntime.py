@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolkit.errors import CheckpointError, MissingDependencyError, UsageError, first_line
+from toolkit.errors import (
+    CheckpointError,
+    MissingDependencyError,
+    RuntimeUnavailableError,
+    first_line,
+)
 from toolkit.runtimes.base import RUNTIMES, ArtifactRunner
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -59,7 +64,7 @@ class OnnxRuntimeRunner(ArtifactRunner):
             return [CPU_PROVIDER]
         available = ort.get_available_providers()
         if CUDA_PROVIDER not in available:
-            raise UsageError(
+            raise RuntimeUnavailableError(
                 f"runtime '{self.name}' cannot run on {self.device}: this onnxruntime has no "
                 f"{CUDA_PROVIDER} (it has {', '.join(available)}); pip install onnxruntime-gpu"
             )
@@ -89,7 +94,7 @@ class OnnxRuntimeRunner(ArtifactRunner):
                 f"onnxruntime cannot load {path} ({first_line(exc)}); export it again"
             ) from None
         if self.device.type == "cuda" and self.session.get_providers()[0] != CUDA_PROVIDER:
-            raise UsageError(
+            raise RuntimeUnavailableError(
                 f"onnxruntime fell back to {self.session.get_providers()[0]} for {path}; "
                 "check the CUDA and cuDNN libraries onnxruntime-gpu needs"
             )
