@@ -402,6 +402,62 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Other processes using at least this many cores on average while timing get a warning.
+BUSY_CORES = 0.25
+
+
+def _cpu_busy_seconds() -> float | None:
+    """Busy CPU seconds so far of the cores this process may run on, from ``/proc/stat``
+    (user, nice, system, irq, softirq and steal: time a hypervisor gave to other machines
+    is lost to this one too); None where there is no ``/proc/stat``."""
+    try:
+        cores = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        lines = Path("/proc/stat").read_text().splitlines()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):  # not Linux
+        return None
+    busy = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 9 and fields[0] in cores:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+            busy += user + nice + system + irq + softirq + steal
+    return busy / ticks if busy else None
+
+
+class OtherCpuUse:
+    """How many cores other processes kept busy during a block, on average.
+
+    The busy time of this process's cores (``/proc/stat``) minus this process's own CPU
+    time, over the wall time. Timings taken while other work shares the cores are slower
+    and noisier (OpenMP and ORT thread pools wait on preempted threads), which no number
+    of rounds can remove: a report should say so.
+    """
+
+    def __init__(self) -> None:
+        self.start = (_cpu_busy_seconds(), time.process_time(), time.perf_counter())
+
+    def cores(self) -> float | None:
+        """Average cores used by other processes since construction; None if unknown."""
+        busy_start, own_start, wall_start = self.start
+        busy_end, own_end, wall_end = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
+        if busy_start is None or busy_end is None or wall_end <= wall_start:
+            return None
+        other = (busy_end - busy_start) - (own_end - own_start)
+        return max(0.0, other / (wall_end - wall_start))
+
+
+def busy_phrase(report: BenchReport) -> str | None:
+    """``other processes used 0.9 of 2 cores``, when they used at least :data:`BUSY_CORES`
+    while ``report`` was timed; None otherwise or when it was not measured."""
+    other = report.environment.get("other_cpu_cores")
+    if not isinstance(other, int | float) or isinstance(other, bool) or other < BUSY_CORES:
+        return None
+    cores = report.environment.get("usable_cores")
+    of = f" of {cores}" if isinstance(cores, int) else ""
+    return f"other processes used {other:.2g}{of} cores on average"
+
+
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -1341,6 +1397,7 @@ def bench(
     rows: list[BenchRow] = []
     samples: dict[tuple[str, str | None, str, int], list[np.ndarray]] = {}
     clocks: dict[str, str] = {}
+    others = OtherCpuUse()
     for device in device_list:
         if device.startswith("cuda") and not torch.cuda.is_available():
             all_skipped.append(Skipped("*", device, "no CUDA device"))
@@ -1380,8 +1437,11 @@ def bench(
         "threads": n_threads,
         "inputs": "user inputs, cycled" if user_inputs else "random normal (seed 0)",
     }
+    other_cores = others.cores()
+    environment = collect_environment(n_threads, device_list)
+    environment["other_cpu_cores"] = None if other_cores is None else round(other_cores, 2)
     return BenchReport(
-        environment=collect_environment(n_threads, device_list),
+        environment=environment,
         protocol=protocol_json,
         devices=device_list,
         batch_sizes=sizes,
@@ -1535,6 +1595,10 @@ def comparability_notes(old: BenchReport, new: BenchReport) -> list[str]:
         notes.append(
             f"the {', '.join(changed)} artifact(s) were exported again since the old report"
         )
+    for which, report in (("the old report", old), ("this run", new)):
+        phrase = busy_phrase(report)
+        if phrase is not None:
+            notes.append(f"{phrase} while {which} was timed")
     return notes
 
 

@@ -96,8 +96,22 @@ def summary_lines(report: BenchReport) -> list[str]:
         f">= {protocol.get('min_time')} s per row, in {protocol.get('rounds')} interleaved "
         f"rounds; clocks: {', '.join(sorted(set(protocol.get('clocks', {}).values())))}",
         f"parity: {report.parity_source}",
+        *_busy_lines(report),
         *_unstable_lines(report),
         *_mixed_clock_lines(report),
+    ]
+
+
+def _busy_lines(report: BenchReport) -> list[str]:
+    """A warning when other processes kept the cores busy while this report was timed."""
+    from toolkit.bench import busy_phrase
+
+    phrase = busy_phrase(report)
+    if phrase is None:
+        return []
+    return [
+        f"warning: {phrase} while timing: these figures are likely slower and noisier than "
+        "on an idle machine; rerun when it is idle"
     ]
 
 
