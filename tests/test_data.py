@@ -94,10 +94,20 @@ def test_datamodule_split_and_batches(idx_dir: Path) -> None:
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert y.shape == (64,) and y.dtype == torch.int64
     assert sum(len(b[1]) for b in dm.test_dataloader()) == 120
-    # The split is seeded: a second module picks the same validation samples.
+    # The split is seeded: a second module picks the same validation samples, and another
+    # seed other ones (the same with that seed again).
     dm2 = MNISTDataModule(str(idx_dir))
     dm2.setup("fit")
     assert dm.mnist_val.indices == dm2.mnist_val.indices
+    other = [MNISTDataModule(str(idx_dir), seed=7) for _ in range(2)]
+    for module in other:
+        module.setup("fit")
+    assert other[0].mnist_val.indices == other[1].mnist_val.indices != dm.mnist_val.indices
+    # Training batches are shuffled, a new order each epoch; evaluation batches are not.
+    orders = [torch.cat([y for _, y in dm.train_dataloader()]) for _ in range(2)]
+    in_order = dm.mnist_train.labels[: len(orders[0])]
+    assert not torch.equal(orders[0], in_order) and not torch.equal(orders[0], orders[1])
+    assert torch.equal(torch.cat([y for _, y in dm.val_dataloader()]), dm.mnist_val.labels)
 
 
 def test_split_is_the_tutorials_random_split(idx_dir: Path) -> None:

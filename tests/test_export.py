@@ -29,7 +29,7 @@ from toolkit.errors import (
 )
 from toolkit.export import export_command, export_model, onnx_opset_range, resolve_formats
 from toolkit.formats import FORMATS
-from toolkit.manifest import MANIFEST_NAME, Manifest, sha256_file
+from toolkit.manifest import MANIFEST_NAME, Manifest, sha256_file, weights_sha256
 from toolkit.models import build_model
 from toolkit.reload import load_network
 
@@ -145,7 +145,7 @@ def test_artifact_matches_eager_without_toolkit(
 
 @pytest.mark.parametrize("fmt", FORMATS.names())
 def test_manifest_describes_the_artifact(fmt: str, mlp_exports: tuple, trained_run: Path) -> None:
-    out, manifests, _ = mlp_exports
+    out, manifests, network = mlp_exports
     folder = out / fmt
     manifest = Manifest.load(folder)
     assert manifest == manifests[fmt]
@@ -164,6 +164,8 @@ def test_manifest_describes_the_artifact(fmt: str, mlp_exports: tuple, trained_r
     assert manifest.network == "mlp"
     assert manifest.source_checkpoint == str(trained_run / "model.ckpt")
     assert manifest.source_sha256 == sha256_file(trained_run / "model.ckpt")
+    # what verify and bench match artifacts to checkpoints by
+    assert manifest.weights_sha256 == weights_sha256(network)
     assert manifest.export_seconds > 0
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest.versions)
     if fmt.startswith("onnx"):
@@ -176,6 +178,26 @@ def test_manifest_describes_the_artifact(fmt: str, mlp_exports: tuple, trained_r
     else:
         assert manifest.opset is None and manifest.ir_version is None
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "leftover temporary files"
+
+
+def test_reduced_precision_formats_hold_reduced_precision_weights(mlp_exports: tuple) -> None:
+    """An fp32 copy passes fp16's and int8's label-judged tolerances, so the tolerances
+    alone cannot tell that the conversion happened: the files must show it."""
+    import onnx
+
+    out, manifests, _ = mlp_exports
+    fp32, fp16, int8 = (
+        onnx.load(str(out / fmt / manifests[fmt].model_file)).graph
+        for fmt in ("onnx", "onnx-fp16", "onnx-int8")
+    )
+    for graph, dtype in ((fp32, onnx.TensorProto.FLOAT), (fp16, onnx.TensorProto.FLOAT16)):
+        matrices = [i for i in graph.initializer if len(i.dims) == 2]  # the Linear weights
+        assert len(matrices) == 3 and {i.data_type for i in matrices} == {dtype}
+    for graph in (fp16, int8):  # float32 at the boundary
+        assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert onnx.TensorProto.INT8 in {i.data_type for i in int8.initializer}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in int8.node}
 
 
 def test_torchscript_is_marked_legacy(mlp_exports: tuple) -> None:
@@ -572,8 +594,11 @@ def test_missing_example_input_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_example_batch_of_one_is_widened(tmp_path: Path, capsys) -> None:
     model = build_model("mlp")
+    seen: list[int] = []  # the batch sizes the exporter traced the network with
+    model.register_forward_pre_hook(lambda _module, args: seen.append(int(args[0].shape[0])))
     export_model(model, inputs(1), "onnx", tmp_path, exporter="legacy")
     assert "example batch of 1 repeated to 2" in capsys.readouterr().err
+    assert seen and min(seen) >= 2, seen
     outputs = run_onnx(tmp_path / "onnx" / "model.onnx")
     assert_close("onnx", outputs[7], eager(model, inputs(7)))
 

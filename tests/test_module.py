@@ -21,6 +21,7 @@ def _steps(
     torch.manual_seed(0)
     net = PyTorchMLP(784, 10)
     frozen = net.all_layers[3].bias  # gets no gradient from step 3 on
+    late = net.all_layers[1].bias  # gets its first gradient at step 2, after the others
     optimizer = optimizer_class(net.parameters(), **{"lr": 1e-3, **kwargs})
     generator = torch.Generator().manual_seed(1)
     for i in range(steps):
@@ -28,6 +29,7 @@ def _steps(
         y = torch.randint(0, 10, (8,), generator=generator)
         optimizer.zero_grad()
         frozen.requires_grad_(i < 3)
+        late.requires_grad_(i >= 2)
         F.cross_entropy(net(x), y).backward()
         optimizer.step()
     return [p.detach().clone() for p in net.parameters()] + [
@@ -221,7 +223,10 @@ def test_cpu_batches_skip_the_transfer_walk_only_when_nothing_would_move() -> No
     moved = model.transfer_batch_to_device(nested, cpu, 0)
     assert moved is not nested and moved["x"] is batch[0]
     meta = torch.device("meta")  # another device: Lightning moves the tensors
-    assert all(t.device == meta for t in model.transfer_batch_to_device(batch, meta, 0))
+    on_meta = model.transfer_batch_to_device(batch, meta, 0)
+    assert all(t.device == meta for t in on_meta)
+    with pytest.raises(NotImplementedError, match="meta"):  # bound for the CPU: moved too
+        model.transfer_batch_to_device(on_meta, cpu, 0)  # (a meta tensor has no data to copy)
 
 
 def test_stored_training_step_signature_matches_the_method() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -41,6 +42,23 @@ def test_absolute_metrics_and_agreement_are_symmetric(pair: tuple[np.ndarray, np
     # but it is never negative and zero only when the outputs are equal.
     assert parity.max_rel_diff(a, b) >= 0.0
     assert (parity.max_rel_diff(a, b) == 0.0) == bool(np.array_equal(a, b))
+
+
+@settings(max_examples=60, deadline=None)
+@given(pairs)
+def test_difference_metrics_match_their_definitions(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """Element by element in Python floats: |c - r|, and |c - r| / (|r| + eps) against the
+    reference (the first argument), so a swapped denominator or a mean for a max fails."""
+    reference, candidate = pair
+    r = [float(v) for v in reference.ravel()]
+    c = [float(v) for v in candidate.ravel()]
+    diffs = [abs(y - x) for x, y in zip(r, c, strict=True)]
+    rels = [abs(y - x) / (abs(x) + parity.EPS) for x, y in zip(r, c, strict=True)]
+    assert parity.max_abs_diff(reference, candidate) == pytest.approx(max(diffs), rel=1e-12)
+    assert parity.max_rel_diff(reference, candidate) == pytest.approx(max(rels), rel=1e-12)
+    assert parity.mean_abs_diff(reference, candidate) == pytest.approx(
+        sum(diffs) / len(diffs), rel=1e-9, abs=1e-12
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from test_cli import assert_one_line_error
 
 from toolkit.errors import CheckpointError, OutputError, UnsafeFileError
-from toolkit.reload import load_network, read_safetensors, read_torch_file
+from toolkit.reload import load_lightning_model, load_network, read_safetensors, read_torch_file
 
 
 class _RunsCode:
@@ -51,6 +51,9 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, trained_run: Path, suf
     bad = _malicious_file(tmp_path / f"evil{suffix}", marker, trained_run)
     with pytest.raises(UnsafeFileError, match="could run code"):
         load_network(bad)
+    with pytest.raises(UnsafeFileError, match="could run code"):  # verify's lightning row
+        load_lightning_model(bad)
+    assert not marker.exists()
     flag = "--checkpoint" if suffix == ".ckpt" else "--weights"
     proc = run_cli("evaluate", flag, str(bad))
     assert_one_line_error(proc, 1, "refusing to load", "--trust_pickled_file")

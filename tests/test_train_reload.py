@@ -6,6 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -130,7 +131,14 @@ def test_mismatched_state_dict_names_keys(run, tmp_path: Path) -> None:
     assert "all_layers.1.weight (3, 3) vs (50, 784)" in message
 
 
-def test_existing_run_is_not_overwritten(run, idx_dir: Path) -> None:
+def test_existing_run_is_not_overwritten(run, idx_dir: Path, monkeypatch) -> None:
+    """Refused before training, not after a whole run whose result is then thrown away."""
+    import toolkit.train
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("trained although the run folder exists")
+
+    monkeypatch.setattr(toolkit.train, "_train_into", no_training)
     run_dir = Path(run.run_dir)
     before = (run_dir / "model.pt").read_bytes()
     with pytest.raises(OutputExistsError, match="--overwrite"):
