@@ -200,6 +200,18 @@ def test_reduced_precision_formats_hold_reduced_precision_weights(mlp_exports: t
     assert {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in int8.node}
 
 
+def test_the_source_checkpoint_is_recorded_as_an_absolute_path(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A relative --checkpoint was stored as typed, so messages naming it (exported from
+    other weights: ...) pointed elsewhere when read from another folder."""
+    monkeypatch.chdir(trained_run.parent)
+    relative = Path(trained_run.name) / "model.ckpt"
+    network = load_network(relative)
+    manifest = export_model(network, None, "torchscript", tmp_path, source_checkpoint=relative)
+    assert manifest["torchscript"].source_checkpoint == str(trained_run / "model.ckpt")
+
+
 def test_torchscript_is_marked_legacy(mlp_exports: tuple) -> None:
     notes = " ".join(mlp_exports[1]["torchscript"].notes)
     assert "legacy" in notes and "traced" in notes

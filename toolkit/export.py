@@ -431,7 +431,8 @@ def export_model(
         formats: Format names, a comma-separated string, or ``all``.
         out_dir: Parent folder of the per-format folders.
         overwrite: Replace existing format folders (only once the new ones are complete).
-        source_checkpoint: The weights file the network came from (hashed into the manifest).
+        source_checkpoint: The weights file the network came from (hashed into the manifest;
+            recorded as an absolute path).
         network: Registry name of the network, recorded in the manifest.
         network_kwargs: Its constructor kwargs, recorded in the manifest.
         format_options: Passed to every format (``exporter``, ``opset``, ``script``, ...).
@@ -455,7 +456,8 @@ def export_model(
         provenance = {
             "network": network,
             "network_kwargs": dict(network_kwargs or {}),
-            "source_checkpoint": str(source_checkpoint) if source_checkpoint else None,
+            # absolute: messages that name it must not depend on where export ran
+            "source_checkpoint": os.path.abspath(source_checkpoint) if source_checkpoint else None,
             "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
             "weights_sha256": weights_sha256(module),  # before any format touches it
         }
