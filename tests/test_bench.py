@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolkit import bench as B
-from toolkit.errors import CheckFailedError, DataError, UsageError
+from toolkit.errors import CheckFailedError, DataError, RuntimeUnavailableError, UsageError
 from toolkit.models import build_model
 from toolkit.runtimes import RUNTIMES, Runner
 
@@ -782,7 +782,7 @@ class UnavailableRunner(SleepRunner):
     name = "fake-unavailable"
 
     def _load(self) -> None:
-        raise UsageError("no CUDAExecutionProvider; pip install onnxruntime-gpu")
+        raise RuntimeUnavailableError("no CUDAExecutionProvider; pip install onnxruntime-gpu")
 
 
 class CrashingRunner(SleepRunner):
