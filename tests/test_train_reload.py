@@ -256,6 +256,25 @@ def test_a_line_per_epoch_when_no_bar_is_shown(
     assert "epoch 1/1" not in capsys.readouterr().err  # the user turned progress off
 
 
+def test_epoch_lines_show_only_this_epochs_validation_and_mark_a_cut_short_epoch(
+    idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An epoch without validation repeated the last epoch's val metrics, and an epoch
+    stopped by max_steps was announced as finished while run.json did not count it."""
+    common = {"model": "mlp", "data_dir": str(idx_dir), "output_dir": str(tmp_path)}
+    cpu = {"accelerator": "cpu", "devices": 1, "limit_val_batches": 1}
+    train(**common, max_epochs=3, run_name="a", trainer={**cpu, "check_val_every_n_epoch": 2})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert ["val_loss" in ln for ln in lines] == [False, True, False], lines
+    result = train(**common, max_epochs=3, run_name="b", trainer={**cpu, "max_steps": 9})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split("  ")[0] for ln in lines] == [
+        "epoch 1/3",
+        "epoch 2/3 (cut short: 3 of 6 batches)",
+    ]
+    assert result.epochs_run == 1 and result.steps_run == 9
+
+
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
     from toolkit.train import ThrottledProgressBar
 

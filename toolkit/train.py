@@ -324,29 +324,43 @@ class EpochLines(Callback):
         self.file = file
         self._start = time.perf_counter()
         self._shown_epochs = 0
+        self._validated_epoch = -1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the clock."""
         self._start = time.perf_counter()
         self._shown_epochs = 0
+        self._validated_epoch = -1
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Note the epoch validated: an epoch without validation shows no val metrics (the
+        last ones logged would be an earlier epoch's)."""
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Print the epoch before this one: its epoch-end metrics are all logged by now."""
         self._print_done(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Print the last epoch."""
-        self._print_done(trainer)
+        """Print the last epoch, marked when it stopped before its last batch."""
+        self._print_done(trainer, last=True)
 
-    def _print_done(self, trainer: L.Trainer) -> None:
+    def _print_done(self, trainer: L.Trainer, last: bool = False) -> None:
         done = trainer.fit_loop.epoch_progress.current.completed
         if done <= self._shown_epochs or not trainer.is_global_zero:
             return
         self._shown_epochs = done
         total = f"/{trainer.max_epochs}" if (trainer.max_epochs or -1) >= 0 else ""
         parts = [f"epoch {done}{total}"]
+        steps = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        batches = trainer.num_training_batches
+        if last and math.isfinite(batches) and steps < batches:  # max_steps, should_stop
+            parts[0] += f" (cut short: {steps} of {int(batches)} batches)"
         for key in self.SHOWN:
             value = trainer.callback_metrics.get(key)
+            if key.startswith("val_") and self._validated_epoch != done - 1:
+                value = None
             if value is not None:
                 value = float(value)
                 parts.append(f"{key} {value:.2%}" if key.endswith("acc") else f"{key} {value:.4f}")
