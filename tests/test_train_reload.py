@@ -275,6 +275,18 @@ def test_epoch_lines_show_only_this_epochs_validation_and_mark_a_cut_short_epoch
     assert result.epochs_run == 1 and result.steps_run == 9
 
 
+def test_logger_true_keeps_the_run_folders_csv_log(tmp_path: Path) -> None:
+    """``--trainer.logger true`` replaced the CSV log in the run folder with Lightning's
+    default logger under lightning_logs/, so epochs.csv went missing."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from toolkit.train import _trainer
+
+    trainer = _trainer(tmp_path, 1, 0, {"logger": True})
+    assert isinstance(trainer.logger, CSVLogger) and Path(trainer.logger.log_dir) == tmp_path
+    assert _trainer(tmp_path, 1, 0, {"logger": False}).logger is None
+
+
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
     from toolkit.train import ThrottledProgressBar
 

@@ -423,6 +423,8 @@ def _trainer(
             "--trainer.max_time with it, or a number of epochs"
         )
     _check_positive_options(options)
+    if options.get("logger") is True:  # "the default logger": toolkit's CSV log in the run
+        del options["logger"]
     settings = {**defaults, **options}
     callbacks = settings.get("callbacks") or []
     callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
