@@ -116,6 +116,31 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert f"Test Acc {info['test_acc'] * 100:.2f}%" in single.stdout
 
 
+def test_spawned_strategies_are_refused(idx_dir: Path, tmp_path: Path) -> None:
+    """ddp_spawn published a run.json with 0 steps and accuracies of half the test split
+    counted twice: the launching process's Trainer never sees the spawned fit."""
+    spawn = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"]
+    proc = run_cli(*_train_args(idx_dir, tmp_path, *spawn))
+    assert_one_line_error(proc, 2, "ddp_spawn fits in spawned processes", "strategy ddp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_is_printed_by_the_first_process_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under DDP every process runs the command: a bad option was printed once per process."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from toolkit.cli import main
+
+    args = ["train", "--model", "mlpx", "--output_dir", str(tmp_path)]
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    assert main(args) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("toolkit: error: unknown model 'mlpx'")
+
+
 def test_unknown_model(tmp_path: Path) -> None:
     proc = run_cli("train", "--model", "mlpx", "--output_dir", str(tmp_path))
     assert_one_line_error(proc, 2, "unknown model 'mlpx'", "available: cnn, mlp")

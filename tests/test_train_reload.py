@@ -287,6 +287,20 @@ def test_logger_true_keeps_the_run_folders_csv_log(tmp_path: Path) -> None:
     assert _trainer(tmp_path, 1, 0, {"logger": False}).logger is None
 
 
+def test_strategies_that_fit_in_spawned_processes_are_refused() -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from toolkit.train import _trainer
+
+    cpu2 = {"accelerator": "cpu", "devices": 2}
+    for strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook", DDPStrategy(start_method="spawn")):
+        with pytest.raises(UsageError, match="fits in spawned processes"):
+            _trainer(None, 1, 0, {**cpu2, "strategy": strategy})
+    for strategy in ("ddp", DDPStrategy()):  # one process per device, each running the command
+        trainer = _trainer(None, 1, 0, {**cpu2, "strategy": strategy})
+        assert isinstance(trainer.strategy, DDPStrategy)
+
+
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
     from toolkit.train import ThrottledProgressBar
 

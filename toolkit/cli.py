@@ -285,17 +285,30 @@ def _main(argv: list[str] | None) -> int:
             return 2
         _call(parser, cfg)
     except TerminatedError as exc:
-        print("toolkit: terminated", file=sys.stderr)
+        _say_once("toolkit: terminated")
         return exc.exit_code
     except ToolkitError as exc:
         if debug:
             raise
-        print(f"toolkit: error: {_one_line(str(exc))}", file=sys.stderr)
+        _say_once(f"toolkit: error: {_one_line(str(exc))}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("toolkit: interrupted", file=sys.stderr)
+        _say_once("toolkit: interrupted")
         return 130
     return 0
+
+
+def _say_once(line: str) -> None:
+    """Print ``line`` on stderr from the first process only.
+
+    Under ``--trainer.strategy ddp`` every device's process runs this command, and a bad
+    option, missing data or Ctrl-C reaches them all: the line was printed once per
+    process. The other processes still exit with the same code.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(line, file=sys.stderr)
 
 
 def entry_point() -> None:

@@ -439,13 +439,48 @@ def _trainer(
     elif not settings["enable_progress_bar"] and "enable_progress_bar" not in options:
         # off a terminal, and no bar of the user's: a line per epoch instead
         settings["callbacks"] = [*callbacks, EpochLines()]
+    _refuse_spawned_fit(None, settings.get("strategy"))  # by name, before Lightning's lines
     L.seed_everything(seed, verbose=False)
     try:
-        return L.Trainer(**settings)
+        trainer = L.Trainer(**settings)
     except ImportError as exc:  # e.g. accelerator="tpu" without torch_xla
         raise MissingDependencyError(f"bad Trainer option: {first_line(exc)}") from None
     except (TypeError, ValueError, MisconfigurationException) as exc:
         raise UsageError(f"bad Trainer option: {first_line(exc)}") from None
+    _refuse_spawned_fit(trainer, settings.get("strategy"))
+    return trainer
+
+
+def _refuse_spawned_fit(trainer: L.Trainer | None, option: Any) -> None:
+    """Refuse strategies that fit in spawned or forked processes (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``): the step count, epochs and accuracy passes of the run
+    folder are read from the launching process's Trainer, which such a fit leaves as it
+    was (run.json said 0 steps and scored half the test split twice).
+
+    With no ``trainer``, a registered strategy name is judged by its start method; with
+    one, its launcher (a strategy object from a config file).
+    """
+    from lightning.pytorch.strategies import StrategyRegistry
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if trainer is None:
+        # the registry's entry (its own .get() would build the strategy)
+        named = isinstance(option, str) and option in StrategyRegistry
+        registered = StrategyRegistry[option] if named else None
+        spawned = (registered or {}).get("init_params", {}).get("start_method") not in (
+            None,
+            "popen",
+        )
+    else:
+        launcher = getattr(trainer.strategy, "launcher", None)
+        spawned = isinstance(launcher, _MultiProcessingLauncher)
+    if spawned:
+        name = option if isinstance(option, str) else type(trainer.strategy).__name__
+        raise UsageError(
+            f"--trainer.strategy {name} fits in spawned processes, which toolkit train "
+            "cannot read its results from; use --trainer.strategy ddp (one process per "
+            "device, each running this command)"
+        )
 
 
 def _epoch_table(metrics_csv: Path, epochs_csv: Path) -> None:
