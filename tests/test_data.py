@@ -154,6 +154,19 @@ def test_real_fashion_mnist_default_split() -> None:
     assert torch.equal(torch.bincount(labels), torch.full((10,), 1000))
 
 
+@requires_real_data
+def test_fashion_mnist_files_under_another_name_are_refused(idx_dir: Path) -> None:
+    """``--dataset mnist --data_dir <fashion files>`` trained, and recorded the run as mnist."""
+    folder = locate_data("fashion-mnist", download=False)["train-labels-idx1-ubyte"].parent
+    for split in ("train", "test"):
+        assert len(load_split(split, "fashion-mnist", folder)[1]) in (60_000, 10_000)
+        for other in ("mnist", "kmnist"):
+            message = f"holds the fashion-mnist {split} set, not {other}"
+            with pytest.raises(DataError, match=message):
+                load_split(split, other, folder)
+    assert len(load_split("train", "mnist", idx_dir)[1]) == 480  # unknown files: accepted
+
+
 def test_eval_batch_size_applies_to_evaluation_loaders_only(idx_dir: Path) -> None:
     from toolkit.errors import UsageError
 

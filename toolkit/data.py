@@ -39,6 +39,15 @@ DATASETS: dict[str, str] = {
     "kmnist": "KMNIST",
 }
 DEFAULT_DATASET = "fashion-mnist"
+#: sha256 of each split's labels (as uint8 bytes) for data sets whose files are known here:
+#: a ``--data_dir`` holding one of them under another ``--dataset`` name is refused, since
+#: the run would be recorded (and named) as the wrong data set.
+LABEL_SHA256: dict[str, dict[str, str]] = {
+    "fashion-mnist": {
+        "train": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+        "test": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+    },
+}
 SYSTEM_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 SPLIT_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -262,7 +271,20 @@ def load_split(
     files = locate_data(dataset, data_dir, download)
     images_path, labels_path = (files[name] for name in SPLIT_FILES[split])
     stamp = tuple(os.stat(p).st_mtime_ns for p in (images_path, labels_path))
-    return _decode(images_path, labels_path, stamp)
+    images, labels = _decode(images_path, labels_path, stamp)
+    _check_is_dataset(labels, split, dataset, Path(data_dir) if data_dir else labels_path)
+    return images, labels
+
+
+def _check_is_dataset(labels: torch.Tensor, split: str, dataset: str, where: Path) -> None:
+    """Refuse files that are known to be another registered data set's (~1 ms)."""
+    digest = hashlib.sha256(labels.to(torch.uint8).numpy().tobytes()).hexdigest()
+    for other, known in LABEL_SHA256.items():
+        if other != dataset and known.get(split) == digest:
+            raise DataError(
+                f"{where} holds the {other} {split} set, not {dataset}; pass "
+                f"--dataset {other}, or a --data_dir with the {dataset} files"
+            )
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
