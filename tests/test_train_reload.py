@@ -301,6 +301,29 @@ def test_strategies_that_fit_in_spawned_processes_are_refused() -> None:
         assert isinstance(trainer.strategy, DDPStrategy)
 
 
+def test_a_moved_data_folder_is_named_as_the_runs(run, tmp_path: Path) -> None:
+    """evaluate and verify use the run's recorded --data_dir; when it has moved, the error
+    named a folder the user never typed, without saying where it came from."""
+    import shutil
+
+    from toolkit.errors import DataError
+    from toolkit.parity import verify
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy)
+    info = json.loads((copy / "run.json").read_text())
+    info["data_dir"] = str(tmp_path / "moved")
+    (copy / "run.json").write_text(json.dumps(info))
+    recorded = re.escape(f"(the run's --data_dir, recorded in {copy / 'run.json'}; pass --data_dir")
+    with pytest.raises(DataError, match=recorded):
+        evaluate(checkpoint=str(copy / "model.ckpt"))
+    with pytest.raises(DataError, match=recorded):
+        verify(copy / "model.ckpt", None)
+    with pytest.raises(DataError, match="no FashionMNIST IDX files") as given:
+        evaluate(checkpoint=str(copy / "model.ckpt"), data_dir=str(tmp_path / "typed"))
+    assert "recorded in" not in str(given.value)  # a folder the user gave is theirs
+
+
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
     from toolkit.train import ThrottledProgressBar
 

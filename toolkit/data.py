@@ -287,6 +287,22 @@ def _check_is_dataset(labels: torch.Tensor, split: str, dataset: str, where: Pat
             )
 
 
+@contextlib.contextmanager
+def recorded_in(run_json: Path | None) -> Iterator[None]:
+    """Name ``run_json`` in a :class:`DataError` from the block, when the data folder used
+    is the one that file recorded (evaluate and verify use the run's ``--data_dir``): a
+    folder moved since training was named without saying where the path came from."""
+    try:
+        yield
+    except DataError as exc:
+        if run_json is None:
+            raise
+        raise DataError(
+            f"{exc} (the run's --data_dir, recorded in {run_json}; pass --data_dir where "
+            "the files are now)"
+        ) from None
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W) images → float32 (N, 1, H, W) in [0, 1], as ``ToTensor`` gives."""
     return images.unsqueeze(1).float().div_(255.0)

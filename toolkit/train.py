@@ -36,7 +36,13 @@ from toolkit.atomic import (
     writable_dir,
     write_json,
 )
-from toolkit.data import DEFAULT_DATASET, NUM_CLASSES, MNISTDataModule, load_split
+from toolkit.data import (
+    DEFAULT_DATASET,
+    NUM_CLASSES,
+    MNISTDataModule,
+    load_split,
+    recorded_in,
+)
 from toolkit.errors import (
     CheckpointError,
     MissingDependencyError,
@@ -925,8 +931,10 @@ def evaluate(
         name = model or type(net).__name__
     info = _run_info(source)
     run_text = text_fields(info)
+    recorded_dir = None
     if dataset is None and data_dir is None:  # the data the run was trained on
         data_dir = run_text.get("data_dir")
+        recorded_dir = source.parent / RUN_INFO if data_dir else None
     if dataset is None:
         dataset = run_text.get("dataset", DEFAULT_DATASET)
     if seed is None:  # the split the run trained on: its val samples were never trained on
@@ -934,7 +942,8 @@ def evaluate(
         seed = recorded if _valid_seed(recorded) else DEFAULT_SEED
     _check_numbers(0, 1.0, seed)
     data = MNISTDataModule(data_dir, dataset, batch_size, seed)
-    data.prepare_data()
+    with recorded_in(recorded_dir):
+        data.prepare_data()
     # Kwargs the user gave are a wrong call; a file's own network that does not fit is the
     # file's fault.
     error = UsageError if model_kwargs else CheckpointError
