@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -282,15 +283,19 @@ def test_cpu_used_by_other_processes_is_measured_apart_from_our_own() -> None:
     """A report timed while another process kept a core busy (a test run, a build) had
     figures up to 100x slower and said nothing; the bench now measures that use. Judged
     against what the machine did without us, so a busy test machine cannot fail it."""
-    if B._cpu_busy_seconds() is None:
+    if B._cpu_busy_seconds(B._process_cores()) is None:
         pytest.skip("no /proc/stat on this system")
 
     def measured(seconds: float, spin: bool) -> float:
         use = B.OtherCpuUse()
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            if not spin:
-                time.sleep(0.01)
+        assert use.cores() is None  # nothing measured yet
+        with use.measuring():
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                if not spin:
+                    time.sleep(0.01)
+        with use.measuring():  # blocks add up
+            time.sleep(0.1)
         cores = use.cores()
         assert cores is not None
         return cores
@@ -304,6 +309,36 @@ def test_cpu_used_by_other_processes_is_measured_apart_from_our_own() -> None:
             assert measured(1.0, spin=False) > background + 0.6
         finally:
             child.kill()
+
+
+def test_the_cores_of_every_thread_are_watched() -> None:
+    """OMP_PROC_BIND pins the main thread to one core and the OpenMP workers to others:
+    the main thread's mask alone left the workers' cores out."""
+    import threading
+
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two usable cores")
+    every = os.sched_getaffinity(0)
+    first = min(every)
+    seen: list[set[int]] = []
+    done = threading.Event()
+
+    def worker() -> None:  # pinned to the other cores; 0 means the calling thread
+        os.sched_setaffinity(0, every - {first})
+        seen.append(B._process_cores())
+        done.wait(5)
+
+    os.sched_setaffinity(0, {first})  # the main thread on one core
+    thread = threading.Thread(target=worker)
+    try:
+        thread.start()
+        while not seen and thread.is_alive():
+            time.sleep(0.01)
+        assert seen == [every]  # the union of both threads' cores
+    finally:
+        done.set()
+        thread.join()
+        os.sched_setaffinity(0, every)
 
 
 def test_a_busy_machine_is_named_in_the_report_and_in_comparisons() -> None:

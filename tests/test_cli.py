@@ -128,17 +128,25 @@ def test_spawned_strategies_are_refused(idx_dir: Path, tmp_path: Path) -> None:
 def test_an_error_is_printed_by_the_first_process_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Under DDP every process runs the command: a bad option was printed once per process."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
+    """Under DDP every process runs the command: a bad option was printed once per process.
+    The first process of each node prints, so an error met on one node only is seen."""
     from toolkit.cli import main
 
     args = ["train", "--model", "mlpx", "--output_dir", str(tmp_path)]
-    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
-    assert main(args) == 2 and capsys.readouterr().err == ""
-    monkeypatch.setattr(rank_zero_only, "rank", 0)
-    assert main(args) == 2
-    assert capsys.readouterr().err.startswith("toolkit: error: unknown model 'mlpx'")
+    for var in ("LOCAL_RANK", "SLURM_LOCALID", "JSM_NAMESPACE_LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for env, shown in (
+        ({"LOCAL_RANK": "1"}, False),  # Lightning's second DDP process, or torchrun's
+        ({"SLURM_LOCALID": "3"}, False),
+        ({"LOCAL_RANK": "0", "RANK": "2"}, True),  # the first process of a second node
+        ({}, True),  # no launcher
+    ):
+        with monkeypatch.context() as patch:
+            for var, value in env.items():
+                patch.setenv(var, value)
+            assert main(args) == 2
+            err = capsys.readouterr().err
+        assert err.startswith("toolkit: error: unknown model 'mlpx'") is shown, (env, err)
 
 
 def test_unknown_model(tmp_path: Path) -> None:

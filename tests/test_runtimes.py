@@ -108,6 +108,16 @@ def test_iobinding_feeds_large_cpu_inputs_without_copying(artifacts: tuple) -> N
             x.mul_(0.5)  # seen by the next run only where the caller's memory is bound
             again = runner.to_numpy(runner.infer(prepared))
             assert np.array_equal(again, got) is not in_place
+    # An earlier prepared input runs on the newest batch of its shape, never on the freed
+    # copy of a non-contiguous one.
+    first = runner.prepare(torch.rand(200, 1, 28, 28))
+    newer = torch.rand(1, 28, 28, 200).permute(3, 0, 1, 2)  # contiguous() copies it
+    runner.prepare(newer)  # the prepared copy is dropped at once
+    junk = [torch.full((200, 1, 28, 28), 1e6) for _ in range(5)]  # may reuse its memory
+    with torch.no_grad():
+        want = model(newer.contiguous()).numpy()
+    np.testing.assert_allclose(runner.to_numpy(runner.infer(first)), want, atol=1e-4, rtol=1e-3)
+    del junk
 
 
 @pytest.mark.parametrize("fmt", ["onnx-fp16", "onnx-int8"])

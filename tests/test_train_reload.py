@@ -322,6 +322,9 @@ def test_a_moved_data_folder_is_named_as_the_runs(run, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no FashionMNIST IDX files") as given:
         evaluate(checkpoint=str(copy / "model.ckpt"), data_dir=str(tmp_path / "typed"))
     assert "recorded in" not in str(given.value)  # a folder the user gave is theirs
+    (tmp_path / "moved").mkdir()  # there, but without the files: no advice to move it
+    with pytest.raises(DataError, match=r"recorded in .*run\.json\)$"):
+        evaluate(checkpoint=str(copy / "model.ckpt"))
 
 
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:

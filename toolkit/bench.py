@@ -37,6 +37,7 @@ device; otherwise a quick check against eager on random inputs).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -47,7 +48,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -406,12 +407,29 @@ def usable_cores() -> int:
 BUSY_CORES = 0.25
 
 
-def _cpu_busy_seconds() -> float | None:
-    """Busy CPU seconds so far of the cores this process may run on, from ``/proc/stat``
-    (user, nice, system, irq, softirq and steal: time a hypervisor gave to other machines
-    is lost to this one too); None where there is no ``/proc/stat``."""
+def _process_cores() -> set[int]:
+    """The cores any thread of this process may run on: the union of every thread's
+    affinity (``OMP_PROC_BIND`` pins the main thread to one core and the OpenMP workers
+    to others), else the main thread's, else none."""
+    cores: set[int] = set()
     try:
-        cores = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except (OSError, ValueError):
+        threads = [0]
+    for tid in threads:
+        try:
+            cores |= os.sched_getaffinity(tid)
+        except (OSError, AttributeError):  # a thread that ended, or not Linux
+            continue
+    return cores
+
+
+def _cpu_busy_seconds(cores: set[int]) -> float | None:
+    """Busy CPU seconds so far of ``cores``, from ``/proc/stat`` (user, nice, system, irq,
+    softirq and steal: time a hypervisor gave to other machines is lost to this one too);
+    None where there is no ``/proc/stat``."""
+    names = {f"cpu{c}" for c in cores}
+    try:
         lines = Path("/proc/stat").read_text().splitlines()
         ticks = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, AttributeError):  # not Linux
@@ -419,32 +437,54 @@ def _cpu_busy_seconds() -> float | None:
     busy = 0
     for line in lines:
         fields = line.split()
-        if len(fields) >= 9 and fields[0] in cores:
+        if len(fields) >= 9 and fields[0] in names:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
             busy += user + nice + system + irq + softirq + steal
     return busy / ticks if busy else None
 
 
 class OtherCpuUse:
-    """How many cores other processes kept busy during a block, on average.
+    """How many cores other processes kept busy during the measured blocks, on average.
 
-    The busy time of this process's cores (``/proc/stat``) minus this process's own CPU
-    time, over the wall time. Timings taken while other work shares the cores are slower
-    and noisier (OpenMP and ORT thread pools wait on preempted threads), which no number
-    of rounds can remove: a report should say so.
+    Over the blocks run inside :meth:`measuring` (the timed rounds: not loading, compiling
+    or warming up, whose helper processes are the bench's own): the busy time of the cores
+    this process's threads may use (``/proc/stat``) minus this process's own CPU time, over
+    the wall time. Timings taken while other work shares the cores are slower and noisier
+    (OpenMP and ORT thread pools wait on preempted threads), which no number of rounds can
+    remove: a report should say so.
     """
 
     def __init__(self) -> None:
-        self.start = (_cpu_busy_seconds(), time.process_time(), time.perf_counter())
+        self.busy = self.own = self.wall = 0.0
+        self.known = True
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Count the block's busy, own and wall time."""
+        cores = _process_cores()
+        busy, own, wall = _cpu_busy_seconds(cores), time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            cores |= _process_cores()  # threads started in the block
+            busy_end = _cpu_busy_seconds(cores)
+            if busy is None or busy_end is None:
+                self.known = False
+            else:
+                self.busy += busy_end - busy
+                self.own += time.process_time() - own
+                self.wall += time.perf_counter() - wall
 
     def cores(self) -> float | None:
-        """Average cores used by other processes since construction; None if unknown."""
-        busy_start, own_start, wall_start = self.start
-        busy_end, own_end, wall_end = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
-        if busy_start is None or busy_end is None or wall_end <= wall_start:
+        """Average cores used by other processes in the measured blocks; None if unknown:
+        no ``/proc/stat``, nothing measured, or this process used more CPU time than its
+        cores were busy (cores outside the ones seen, so the figure cannot be trusted)."""
+        if not self.known or self.wall <= 0:
             return None
-        other = (busy_end - busy_start) - (own_end - own_start)
-        return max(0.0, other / (wall_end - wall_start))
+        other = self.busy - self.own
+        if other < -0.1 * self.wall:  # beyond /proc/stat's tick rounding
+            return None
+        return max(0.0, other / self.wall)
 
 
 def busy_phrase(report: BenchReport) -> str | None:
@@ -974,10 +1014,12 @@ def measure(
     skipped: list[Skipped],
     device: str,
     batch: int,
+    others: OtherCpuUse | None = None,
 ) -> list[_Live]:
     """Cold start, warm-up and interleaved rounds at one (device, batch); see the module doc.
 
-    Runners that fail are recorded in ``skipped`` and left out of the result.
+    Runners that fail are recorded in ``skipped`` and left out of the result. ``others``
+    measures other processes' CPU use over the rounds.
     """
     ready: list[_Live] = []
     for live in lives:
@@ -995,18 +1037,19 @@ def measure(
             skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch, True))
             continue
         ready.append(live)
-    for r in range(protocol.rounds):
-        order = ready[r % len(ready) :] + ready[: r % len(ready)] if ready else []
-        for live in order:
-            if live not in ready:
-                continue
-            try:
-                _measure_block(live, protocol, protocol.rounds)
-            except Exception as exc:  # e.g. a recompile during measurement
-                reason = f"failed during measurement: {_one_line(exc)}"
-                spec = live.spec
-                skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch, True))
-                ready.remove(live)
+    with others.measuring() if others is not None else contextlib.nullcontext():
+        for r in range(protocol.rounds):
+            order = ready[r % len(ready) :] + ready[: r % len(ready)] if ready else []
+            for live in order:
+                if live not in ready:
+                    continue
+                try:
+                    _measure_block(live, protocol, protocol.rounds)
+                except Exception as exc:  # e.g. a recompile during measurement
+                    reason = f"failed during measurement: {_one_line(exc)}"
+                    spec = live.spec
+                    skipped.append(Skipped(spec.runtime, device, reason, spec.format, batch, True))
+                    ready.remove(live)
     for live in ready:
         live.call = live.arg = None  # free device buffers before the next batch size
     return ready
@@ -1397,7 +1440,7 @@ def bench(
     rows: list[BenchRow] = []
     samples: dict[tuple[str, str | None, str, int], list[np.ndarray]] = {}
     clocks: dict[str, str] = {}
-    others = OtherCpuUse()
+    others = OtherCpuUse()  # measured over the timed rounds
     for device in device_list:
         if device.startswith("cuda") and not torch.cuda.is_available():
             all_skipped.append(Skipped("*", device, "no CUDA device"))
@@ -1416,6 +1459,7 @@ def bench(
                 all_skipped,
                 say,
                 samples,
+                others,
             )
         for row in device_rows:
             clocks.setdefault(f"{device}:{row.runtime}", row.clock)
@@ -1465,6 +1509,7 @@ def _bench_device(
     skipped: list[Skipped],
     say: Callable[[str], None],
     samples: dict[tuple[str, str | None, str, int], list[np.ndarray]],
+    others: OtherCpuUse | None = None,
 ) -> list[BenchRow]:
     lives, load_skips = _load_runners(device, specs, shape, threads)
     skipped += load_skips
@@ -1472,7 +1517,8 @@ def _bench_device(
     try:
         for batch in sizes:
             say(f"{device} batch {batch}: {len(lives)} runtimes x {protocol.rounds} rounds")
-            ready = measure(lives, _batch_of(inputs, batch), protocol, skipped, device, batch)
+            x = _batch_of(inputs, batch)
+            ready = measure(lives, x, protocol, skipped, device, batch, others)
             batch_rows = [_row(live, device, batch, protocol) for live in ready]
             _add_ratios(batch_rows, {live.spec.label: live for live in ready})
             rows += batch_rows

@@ -298,17 +298,26 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
+#: Where launchers (Lightning's DDP, torchrun, SLURM, LSF) put a process's rank on its node.
+_LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "JSM_NAMESPACE_LOCAL_RANK")
+
+
 def _say_once(line: str) -> None:
-    """Print ``line`` on stderr from the first process only.
+    """Print ``line`` on stderr from the first process of each machine only.
 
     Under ``--trainer.strategy ddp`` every device's process runs this command, and a bad
-    option, missing data or Ctrl-C reaches them all: the line was printed once per
-    process. The other processes still exit with the same code.
+    option or Ctrl-C reaches them all: the line was printed once per process. The first
+    process of each node still prints, so an error met on one node only (its data folder
+    missing) is seen; the other processes exit with the same code, and ``--debug`` shows
+    every process's error.
     """
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    if getattr(rank_zero_only, "rank", 0) == 0:
-        print(line, file=sys.stderr)
+    for var in _LOCAL_RANK_VARS:
+        value = os.environ.get(var, "").strip()
+        if value:
+            if value != "0":
+                return
+            break
+    print(line, file=sys.stderr)
 
 
 def entry_point() -> None:

@@ -288,19 +288,20 @@ def _check_is_dataset(labels: torch.Tensor, split: str, dataset: str, where: Pat
 
 
 @contextlib.contextmanager
-def recorded_in(run_json: Path | None) -> Iterator[None]:
+def recorded_in(run_json: Path | None, data_dir: str | Path | None = None) -> Iterator[None]:
     """Name ``run_json`` in a :class:`DataError` from the block, when the data folder used
-    is the one that file recorded (evaluate and verify use the run's ``--data_dir``): a
-    folder moved since training was named without saying where the path came from."""
+    (``data_dir``) is the one that file recorded (evaluate and verify use the run's
+    ``--data_dir``): a folder moved since training was named without saying where the
+    path came from. Only a folder that is gone gets the advice to pass another one."""
     try:
         yield
     except DataError as exc:
         if run_json is None:
             raise
-        raise DataError(
-            f"{exc} (the run's --data_dir, recorded in {run_json}; pass --data_dir where "
-            "the files are now)"
-        ) from None
+        where = f"the run's --data_dir, recorded in {run_json}"
+        if data_dir is not None and not Path(data_dir).is_dir():
+            where += "; pass --data_dir where the files are now"
+        raise DataError(f"{exc} ({where})") from None
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

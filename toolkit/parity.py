@@ -922,7 +922,7 @@ def verify(
         data_dir = run_info.get("data_dir")
         recorded_dir = checkpoint.parent / RUN_INFO if data_dir and inputs is None else None
     dataset = dataset or run_info.get("dataset") or "fashion-mnist"
-    with recorded_in(recorded_dir):
+    with recorded_in(recorded_dir, data_dir):
         main, labels, described, split = _main_inputs(inputs, shape, dataset, data_dir, limit)
     sets = build_input_sets(main, shape)
     nonfinite_samples = len(main) - len(sets[0].x)

@@ -942,7 +942,7 @@ def evaluate(
         seed = recorded if _valid_seed(recorded) else DEFAULT_SEED
     _check_numbers(0, 1.0, seed)
     data = MNISTDataModule(data_dir, dataset, batch_size, seed)
-    with recorded_in(recorded_dir):
+    with recorded_in(recorded_dir, data_dir):
         data.prepare_data()
     # Kwargs the user gave are a wrong call; a file's own network that does not fit is the
     # file's fault.

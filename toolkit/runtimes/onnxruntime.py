@@ -132,7 +132,8 @@ class OnnxRuntimeIOBindingRunner(OnnxRuntimeRunner):
     def _load_artifact(self, path: Path) -> None:
         super()._load_artifact(path)
         self._bound: dict[tuple[int, ...], tuple[Any, Any]] = {}  # input shape -> binding
-        self._in_place: dict[tuple[int, ...], Any] = {}  # the same, bound to callers' memory
+        # the same, bound to callers' memory: (binding, the array it reads)
+        self._in_place: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}
 
     def _prepare(self, x: torch.Tensor) -> tuple[Any, Any]:
         bound, key = self._bound, tuple(x.shape)
@@ -150,11 +151,16 @@ class OnnxRuntimeIOBindingRunner(OnnxRuntimeRunner):
         return bound[key]
 
     def _bind_in_place(self, key: tuple[int, ...], array: np.ndarray) -> tuple[Any, Any]:
-        """Point the CPU binding for ``key`` at ``array``'s memory; ORT only reads it."""
-        binding = self._in_place.get(key)
+        """Point the CPU binding for ``key`` at ``array``'s memory; ORT only reads it.
+
+        The binding keeps ``array`` until it is bound to the next one: an earlier prepared
+        input of this shape then runs on the newer batch, never on freed memory.
+        """
+        binding = self._in_place.get(key, (None,))[0]
         if binding is None:
-            binding = self._in_place[key] = self.session.io_binding()
+            binding = self.session.io_binding()
             binding.bind_output(self.output_name, "cpu")
+        self._in_place[key] = (binding, array)
         binding.bind_input(
             name=self.input_name,
             device_type="cpu",
