@@ -34,6 +34,9 @@ class ExportedProgramRunner(ArtifactRunner):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
+                # torch 2.11 reads the archive's weights from a read-only buffer and says
+                # so on every load; this runner only reads them.
+                warnings.filterwarnings("ignore", message="The given buffer is not writable")
                 program = torch.export.load(str(path))
             self.module = program.module().to(self.device)
         except Exception as exc:
