@@ -359,10 +359,9 @@ class EpochLines(Callback):
         self._shown_epochs = done
         total = f"/{trainer.max_epochs}" if (trainer.max_epochs or -1) >= 0 else ""
         parts = [f"epoch {done}{total}"]
-        steps = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        batches = trainer.num_training_batches
-        if last and math.isfinite(batches) and steps < batches:  # max_steps, should_stop
-            parts[0] += f" (cut short: {steps} of {int(batches)} batches)"
+        cut = _cut_short(trainer) if last else None
+        if cut:
+            parts[0] += f" (cut short: {cut[0]} of {cut[1]} batches)"
         for key in self.SHOWN:
             value = trainer.callback_metrics.get(key)
             if key.startswith("val_") and self._validated_epoch != done - 1:
@@ -845,13 +844,19 @@ def _train_into(
     return result
 
 
+def _cut_short(trainer: L.Trainer) -> tuple[int, int] | None:
+    """(batches run, batches in an epoch) when the last epoch stopped before its end
+    (``max_steps``, a callback's ``should_stop``), else None."""
+    batches = trainer.num_training_batches
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    return (done, int(batches)) if math.isfinite(batches) and done < batches else None
+
+
 def _whole_epochs(trainer: L.Trainer) -> int:
     """Training epochs that ran every batch: Lightning counts an epoch cut short too."""
     epochs = int(trainer.current_epoch)
-    batches = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-    if epochs > 0 and math.isfinite(batches) and done < batches:
-        epochs -= 1  # the last epoch stopped early (max_steps, a callback's should_stop)
+    if epochs > 0 and _cut_short(trainer):
+        epochs -= 1
     return epochs
 
 
