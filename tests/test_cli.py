@@ -455,3 +455,24 @@ def test_exports_given_as_a_file(trained_run: Path, tmp_path: Path) -> None:
         proc = run_cli(command, "--checkpoint", str(trained_run / "model.ckpt"),
                        "--exports", str(artifact))  # fmt: skip
         assert_one_line_error(proc, 2, f"--exports {artifact} is a file; give the folder")
+
+
+def test_export_and_bench_start_without_lightning(trained_run: Path, tmp_path: Path) -> None:
+    # `import lightning` costs seconds of start-up; only train and evaluate need it.
+    script = (
+        "import sys; from toolkit.cli import main; code = main(sys.argv[1:]); "
+        "print('lightning' in sys.modules); sys.exit(code)"
+    )
+    checkpoint = str(trained_run / "model.ckpt")
+    exports = str(tmp_path / "exports")
+    for argv in (
+        ["export", "--checkpoint", checkpoint, "--format", "torchscript", "--output_dir", exports],
+        ["bench", "--checkpoint", checkpoint, "--exports", exports, "--runtimes", "eager",
+         "--batch_sizes", "1", "--rounds", "1", "--min_time", "0.01",
+         "--output_dir", str(tmp_path / "bench")],
+    ):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[-1] == "False", f"{argv[0]} imported lightning"

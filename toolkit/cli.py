@@ -179,14 +179,17 @@ def _call(parser: Any, cfg: Any) -> Any:
             )
         kwargs["trainer"] = _trainer_options(trainer)
     result = _function(COMMANDS[command])(**kwargs)
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    if command == "train" and getattr(result, "run_dir", None):
+        # Imported here, not for every command: `import lightning` takes seconds, and
+        # export, verify and bench do not need it.
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    # Under DDP every process runs the command; the results are printed once.
-    if command == "train" and getattr(result, "run_dir", None) and rank_zero_only.rank == 0:
-        from toolkit.train import format_accuracies
+        # Under DDP every process runs the command; the results are printed once.
+        if rank_zero_only.rank == 0:
+            from toolkit.train import format_accuracies
 
-        print(f"run folder: {result.run_dir}")
-        print(format_accuracies(result.train_acc, result.val_acc, result.test_acc))
+            print(f"run folder: {result.run_dir}")
+            print(format_accuracies(result.train_acc, result.val_acc, result.test_acc))
     return result
 
 
