@@ -279,6 +279,7 @@ def test_rows_that_changed_between_rounds_are_flagged() -> None:
     assert warning in render_markdown(report)
 
 
+@pytest.mark.serial  # other test processes would count as the machine's own load
 def test_cpu_used_by_other_processes_is_measured_apart_from_our_own() -> None:
     """A report timed while another process kept a core busy (a test run, a build) had
     figures up to 100x slower and said nothing; the bench now measures that use. Judged
