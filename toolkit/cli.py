@@ -181,7 +181,7 @@ def _call(parser: Any, cfg: Any) -> Any:
     result = _function(COMMANDS[command])(**kwargs)
     if command == "train" and getattr(result, "run_dir", None):
         # Imported here, not for every command: `import lightning` takes seconds, and
-        # export, verify and bench do not need it.
+        # export and bench do not need it.
         from lightning.fabric.utilities.rank_zero import rank_zero_only
 
         # Under DDP every process runs the command; the results are printed once.
