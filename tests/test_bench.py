@@ -1030,6 +1030,62 @@ def test_bench_with_a_tampered_artifact_measures_the_rest_and_fails(
     assert "eager" in {r["runtime"] for r in report["rows"]}  # the rest was measured
 
 
+def _rehash(folder: Path, **change: Any) -> None:
+    """Edit ``folder``'s manifest and make its file hashes match again (a careful tamperer)."""
+    from toolkit.manifest import MANIFEST_NAME, sha256_file
+
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    for entry in data["files"]:
+        entry["sha256"] = sha256_file(folder / entry["name"])
+        entry["size"] = (folder / entry["name"]).stat().st_size
+    (folder / MANIFEST_NAME).write_text(json.dumps({**data, **change}))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"format": "bogus"}, "unknown format 'bogus'"),
+        ({"format": None}, "'format' must be a string, got null"),
+        ({"input_shape": ["batch", 1, 14, 56]}, r"input shape \(batch, 1, 14, 56\) differs"),
+    ],
+)
+def test_bench_counts_an_artifact_with_a_contradicting_manifest_as_broken(
+    trained_run: Path, tmp_path: Path, change: dict, reason: str
+) -> None:
+    # Once measured as "onnxruntime (bogus) ... PASS" and named fastest with exit 0, or
+    # skipped with exit 0 while verify failed the same folder.
+    from toolkit.export import export_command
+
+    exports = tmp_path / "exports"
+    export_command(str(trained_run / "model.ckpt"), "torchscript", str(exports))
+    _rehash(exports / "torchscript", **change)
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+    with pytest.raises(CheckFailedError, match=f"1 runtime.s. could not be measured: .*{reason}"):
+        B.bench_command(**quick)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {r["runtime"] for r in report["rows"]}.isdisjoint({"torchscript"})
+
+
+def test_bench_error_names_checksum_failures_and_counts_the_other_broken_rows(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from toolkit.export import export_command
+
+    exports = tmp_path / "exports"
+    export_command(str(trained_run / "model.ckpt"), "torchscript,exported-program", str(exports))
+    with open(exports / "torchscript" / "model.pt", "ab") as f:
+        f.write(b"x")
+    _rehash(exports / "exported-program", input_shape=None)
+    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+    with pytest.raises(CheckFailedError) as caught:
+        B.bench_command(**quick)
+    message = str(caught.value)
+    assert message.startswith("1 artifact(s) failed their checksum: ")
+    assert "model.pt" in message
+    assert "; also 1 runtime(s) could not be measured: exported-program" in message
+    assert "'input_shape' must be a list" in message
+
+
 # -- CLI -----------------------------------------------------------------------------------
 def test_cli_bench_on_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
     result = run_cli(

@@ -784,6 +784,35 @@ def test_cli_overwrite_replaces_a_plain_file_without_leftovers(
 
 
 @pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"input_shape": None}, "'input_shape' must be a list, got null"),
+        ({"input_shape": 5}, "'input_shape' must be a list, got 5"),
+        ({"input_shape": ["batch", 0, 28, 28]}, "'input_shape' must list positive sizes"),
+        ({"format": ["onnx"]}, "'format' must be a string"),
+        ({"format": None}, "'format' must be a string, got null"),
+        ({"format": "bogus"}, "unknown format 'bogus'; available: exported-program"),
+        ({"runtime": ["onnxruntime"]}, "'runtime' must be a string"),
+        ({"output_names": [1]}, "'output_names' must list strings"),
+        ({"opset": True}, "'opset' must be an integer or null, got true"),
+        ({"files": {"name": "model.onnx"}}, "'files' must be a list of objects"),
+        ({"files": [{"name": 3, "sha256": "0", "size": 1}]}, "'name' must be a string, got 3"),
+    ],
+)
+def test_manifest_with_a_field_of_the_wrong_type_is_refused(
+    change: dict, problem: str, mlp_exports: tuple, tmp_path: Path
+) -> None:
+    # Hand-edited manifests once crashed bench and verify with a TypeError traceback.
+    folder = tmp_path / "onnx"
+    shutil.copytree(mlp_exports[0] / "onnx", folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    Manifest.load(folder)  # valid as exported
+    (folder / MANIFEST_NAME).write_text(json.dumps({**data, **change}))
+    with pytest.raises(CheckpointError, match=f"not a valid manifest.*{problem}"):
+        Manifest.load(folder)
+
+
+@pytest.mark.parametrize(
     ("files", "problem"),
     [
         ([], "lists no files"),

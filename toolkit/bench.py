@@ -832,7 +832,10 @@ def discover_runtimes(
                 f"artifact input shape (batch, {', '.join(map(str, artifact_shape))}) "
                 f"differs from the network's (batch, {', '.join(map(str, network_shape))})"
             )
-            skipped.append(Skipped(manifest.runtime, "*", reason, manifest.format))
+            # With the same weights recorded, the manifest contradicts them: damaged. An old
+            # manifest without the fingerprint is more likely another network's export.
+            damaged = manifest.weights_sha256 is not None
+            skipped.append(Skipped(manifest.runtime, "*", reason, manifest.format, broken=damaged))
             continue
         for runtime in (manifest.runtime, *EXTRA_RUNTIMES.get(manifest.format, ())):
             if not _wanted(runtime, manifest.format, wanted):
@@ -1960,7 +1963,9 @@ def bench_command(
         else "quick check against eager on random inputs (run `toolkit verify` for real data)"
     )
     if not report.rows:  # every device was skipped: no table, no report, not a success
-        _fail_on_checksums(report)
+        checksums = _checksum_text(report)
+        if checksums:
+            raise CheckFailedError(checksums)
         reasons = "; ".join(
             f"{skip.device}: {skip.reason}" for skip in report.skipped if skip.runtime == "*"
         ) or "; ".join(dict.fromkeys(skip.text() for skip in report.skipped[:3]))
@@ -2008,21 +2013,33 @@ def _folder_wanted(folder: Path, names: list[str] | None) -> bool:
     return any(_wanted(runtime, manifest.format, wanted) for runtime in runtimes)
 
 
-def _fail_on_checksums(report: BenchReport) -> None:
-    """Exit 1 when an artifact did not match its manifest's sha256."""
-    prefix = f"load failed: {IntegrityError.__name__}: "
+_CHECKSUM_PREFIX = f"load failed: {IntegrityError.__name__}: "
+
+
+def _checksum_text(report: BenchReport) -> str | None:
+    """The artifacts that did not match their manifest's sha256, in one phrase, or None."""
+    prefix = _CHECKSUM_PREFIX
     tampered = sorted(
         {s.reason[len(prefix) :] for s in report.skipped if s.reason.startswith(prefix)}
     )
-    if tampered:
-        raise CheckFailedError(
-            f"{len(tampered)} artifact(s) failed their checksum: {'; '.join(tampered)}"
+    if not tampered:
+        return None
+    return f"{len(tampered)} artifact(s) failed their checksum: {'; '.join(tampered)}"
+
+
+def _broken_text(report: BenchReport, checksums: bool = True) -> str | None:
+    """The broken skipped rows in one phrase (the first few), or None.
+
+    With ``checksums`` False, rows that failed their checksum are left out (they are
+    named by :func:`_checksum_text`).
+    """
+    broken = list(
+        dict.fromkeys(
+            s.text()
+            for s in report.skipped
+            if s.broken and (checksums or not s.reason.startswith(_CHECKSUM_PREFIX))
         )
-
-
-def _broken_text(report: BenchReport) -> str | None:
-    """The broken skipped rows in one phrase (the first few), or None."""
-    broken = list(dict.fromkeys(s.text() for s in report.skipped if s.broken))
+    )
     if not broken:
         return None
     extra = len(broken) - MAX_BROKEN_IN_ERROR
@@ -2036,13 +2053,15 @@ def _fail_on_tampered(report: BenchReport, names: list[str] | None = None) -> No
 
     A tampered, damaged or failing artifact is listed as skipped so the other runtimes are
     still measured, but the command must not succeed as if nothing were wrong: checksum
-    failures first, then any other broken row, then a runtime or format named in
-    ``--runtimes`` (``names``) that nothing measured.
+    failures first (with a count of the other broken rows), then any other broken row,
+    then a runtime or format named in ``--runtimes`` (``names``) that nothing measured.
     """
-    _fail_on_checksums(report)
-    broken = _broken_text(report)
-    if broken:
-        raise CheckFailedError(broken)
+    checksums = _checksum_text(report)
+    others = _broken_text(report, checksums=checksums is None)
+    if checksums and others:
+        raise CheckFailedError(f"{checksums}; also {others}")
+    if checksums or others:
+        raise CheckFailedError(checksums or others)
     measured = {r.runtime for r in report.rows} | {r.format for r in report.rows}
     unmeasured = [n for n in names or () if n not in measured]
     if unmeasured:

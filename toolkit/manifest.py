@@ -24,6 +24,62 @@ RUN_INFO = "run.json"
 BATCH_AXIS = "batch"
 
 
+#: JSON types of each manifest field (``None`` marks an optional one). ``bool`` is refused
+#: where a number is expected, though Python counts it as an ``int``.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (str,),
+    "runtime": (str,),
+    "input_name": (str,),
+    "input_shape": (list, tuple),
+    "input_dtype": (str,),
+    "output_names": (list, tuple),
+    "network": (str, type(None)),
+    "network_kwargs": (dict,),
+    "exporter": (str,),
+    "opset": (int, type(None)),
+    "ir_version": (int, type(None)),
+    "source_checkpoint": (str, type(None)),
+    "source_sha256": (str, type(None)),
+    "weights_sha256": (str, type(None)),
+    "export_seconds": (int, float),
+    "versions": (dict,),
+    "options": (dict,),
+    "notes": (list, tuple),
+    "schema_version": (int,),
+}
+_FILE_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "sha256": (str,), "size": (int,), "role": (str,),
+}  # fmt: skip
+
+
+def _check_fields(obj: Any, types: dict[str, tuple[type, ...]], what: str = "") -> None:
+    """Raise ``TypeError`` naming the first field of ``obj`` whose value has the wrong type."""
+    for name, allowed in types.items():
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            names = {type(None): "null", list: "a list", dict: "an object", str: "a string",
+                     int: "an integer", float: "a number"}  # fmt: skip
+            expected = " or ".join(dict.fromkeys(names[t] for t in allowed if t is not tuple))
+            raise TypeError(f"{what}{name!r} must be {expected}, got {_shown(value)}")
+    if types is _FIELD_TYPES:
+        shape = obj.input_shape
+        if not shape or not all(
+            (isinstance(d, int) and not isinstance(d, bool) and d > 0) or d == BATCH_AXIS
+            for d in shape
+        ):
+            raise TypeError(
+                f"'input_shape' must list positive sizes or {BATCH_AXIS!r}, got {_shown(shape)}"
+            )
+        if not all(isinstance(n, str) for n in obj.output_names):
+            raise TypeError(f"'output_names' must list strings, got {_shown(obj.output_names)}")
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON, cut to 60 characters."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def default_exports_dir(checkpoint: str | Path) -> Path:
     """``exports/<name>``: where ``export`` writes and ``verify``/``bench`` read by default.
 
@@ -166,11 +222,32 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`.
+
+        Raises:
+            TypeError: not a mapping, a field missing, or a field of the wrong type (a
+                hand-edited ``"input_shape": null`` or ``"format": ["onnx"]``), named.
+            ValueError: a format that no exporter registered.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
         data = dict(data)
-        data["files"] = [ArtifactFile(**f) for f in data.get("files", [])]
+        files = data.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+            raise TypeError("'files' must be a list of objects")
+        data["files"] = [ArtifactFile(**f) for f in files]
+        for entry in data["files"]:
+            _check_fields(entry, _FILE_FIELD_TYPES, "a 'files' entry's ")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        _check_fields(manifest, _FIELD_TYPES)
+        from toolkit.formats import FORMATS
+
+        if manifest.format not in FORMATS.names():
+            raise ValueError(
+                f"unknown format {manifest.format!r}; available: {', '.join(FORMATS.names())}"
+            )
+        return manifest
 
     def save(self, folder: str | Path) -> Path:
         """Atomically write ``folder/manifest.json``."""
