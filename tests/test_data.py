@@ -57,6 +57,55 @@ def test_truncated_file_is_a_data_error(tmp_path: Path, idx_dir: Path) -> None:
         load_split("train", data_dir=tmp_path / "d")
 
 
+def test_bad_contents_of_a_good_gz_name_the_gz_not_the_cache_copy(
+    tmp_path: Path, idx_gz_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The error once named toolkit's unpacked copy under the cache, not the user's file.
+    import gzip
+
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "d"
+    shutil.copytree(idx_gz_dir, folder)
+    images = folder / "train-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:5000]))
+    with pytest.raises(DataError) as info:
+        load_split("train", data_dir=folder)
+    message = str(info.value)
+    assert message.startswith(f"corrupt or truncated IDX image file {images} (unpacked): ")
+    assert str(tmp_path / "cache") not in message
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b""))
+    empty = r"IDX label file .*train-labels-idx1-ubyte\.gz \(unpacked\) is empty$"
+    with pytest.raises(DataError, match=empty):
+        load_split("train", data_dir=folder)
+
+
+def test_an_empty_split_is_named_as_empty_not_corrupt(tmp_path: Path, idx_dir: Path) -> None:
+    import numpy as np
+
+    folder = tmp_path / "d"
+    shutil.copytree(idx_dir, folder)
+    (folder / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros((0,), np.uint8)))
+    with pytest.raises(DataError, match=r"IDX file .*t10k-images-idx3-ubyte holds no images$"):
+        load_split("test", data_dir=folder)
+
+
+def test_a_train_split_too_small_to_hold_out_validation_is_refused_before_setup(
+    tmp_path: Path,
+) -> None:
+    write_idx_dataset(tmp_path / "d", n_train=11, n_test=5)
+    module = MNISTDataModule(str(tmp_path / "d"), batch_size=4)
+    with pytest.raises(DataError, match=r"holds 11 training sample\(s\): .*needs at least 12"):
+        module.prepare_data()
+    write_idx_dataset(tmp_path / "e", n_train=12, n_test=5)
+    module = MNISTDataModule(str(tmp_path / "e"), batch_size=4)
+    module.prepare_data()
+    assert module.split_sizes(12) == (11, 1)
+    module = MNISTDataModule(str(tmp_path / "e"), batch_size=4, val_size=12)
+    with pytest.raises(DataError, match="cannot take 12 validation samples from the 12 of"):
+        module.prepare_data()
+
+
 def test_corrupt_gz_is_a_data_error(tmp_path: Path, idx_gz_dir: Path) -> None:
     shutil.copytree(idx_gz_dir, tmp_path / "d")
     (tmp_path / "d" / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")

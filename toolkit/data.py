@@ -105,9 +105,21 @@ def _missing_note(folder: Path, class_name: str) -> str:
     return ""
 
 
+#: Unpacked cache file → the ``.gz`` it came from, so errors about its contents name the
+#: user's file, not toolkit's copy.
+_UNPACKED_FROM: dict[Path, Path] = {}
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as an error message should name it: an unpacked copy by its ``.gz``."""
+    source = _UNPACKED_FROM.get(Path(path))
+    return f"{source} (unpacked)" if source is not None else str(path)
+
+
 def _unpack_into(files: dict[str, Path], raw_dir: Path) -> dict[str, Path]:
     """Unpack ``.gz`` files into ``raw_dir`` (atomically); plain files are used in place."""
     out = {name: src if src.suffix != ".gz" else raw_dir / name for name, src in files.items()}
+    _UNPACKED_FROM.update({out[name]: src for name, src in files.items() if src.suffix == ".gz"})
     pending = {
         name: src
         for name, src in files.items()
@@ -237,26 +249,44 @@ def _decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
+    for path, kind in ((images_path, "images"), (labels_path, "labels")):
+        count = _item_count(path)
+        if count == 0:
+            raise DataError(f"IDX file {shown_path(path)} holds no {kind}")
+        if count is None and path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"IDX {kind[:-1]} file {shown_path(path)} is empty")
     try:
         images = read_image_file(str(images_path))
     except Exception as exc:
         raise DataError(
-            f"corrupt or truncated IDX image file {images_path}: {_reason(exc)}"
+            f"corrupt or truncated IDX image file {shown_path(images_path)}: {_reason(exc)}"
         ) from None
     try:
         labels = read_label_file(str(labels_path))
     except Exception as exc:
         raise DataError(
-            f"corrupt or truncated IDX label file {labels_path}: {_reason(exc)}"
+            f"corrupt or truncated IDX label file {shown_path(labels_path)}: {_reason(exc)}"
         ) from None
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(
-            f"IDX files do not match: {images_path} holds {tuple(images.shape)}, "
-            f"{labels_path} holds {tuple(labels.shape)}"
+            f"IDX files do not match: {shown_path(images_path)} holds {tuple(images.shape)}, "
+            f"{shown_path(labels_path)} holds {tuple(labels.shape)}"
         )
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES):
-        raise DataError(f"labels in {labels_path} are outside 0..{NUM_CLASSES - 1}")
+        raise DataError(f"labels in {shown_path(labels_path)} are outside 0..{NUM_CLASSES - 1}")
     return images, labels.long()
+
+
+def _item_count(path: Path) -> int | None:
+    """The item count of an IDX header (bytes 4 to 8), or None if there is no header."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(8)
+    except OSError:
+        return None  # reported by the decoder
+    if len(header) < 8 or header[:2] != b"\0\0":
+        return None
+    return int.from_bytes(header[4:8], "big")
 
 
 def load_split(
@@ -425,17 +455,37 @@ class MNISTDataModule(L.LightningDataModule):
         return splits
 
     def prepare_data(self) -> None:
-        """Find, unpack or download the files and check they decode (one process only)."""
-        self._load_splits()
+        """Find, unpack or download the files and check they decode and split (one process
+        only)."""
+        self.split_sizes(len(self._load_splits()["train"][1]))
+
+    def split_sizes(self, total: int) -> tuple[int, int]:
+        """(train, val) sample counts of the seeded split of ``total`` training samples.
+
+        Raises:
+            DataError: the split leaves no sample on one side.
+        """
+        val = self.val_size if self.val_size is not None else total // 12
+        if 0 < val < total:
+            return total - val, val
+        files = locate_data(self.dataset, self.data_dir, self.download)
+        where = shown_path(files[SPLIT_FILES["train"][1]])
+        if self.val_size is None:
+            raise DataError(
+                f"{where} holds {total} training sample(s): too few to hold out a twelfth "
+                "for validation; a train split needs at least 12"
+            )
+        raise DataError(
+            f"cannot take {val} validation samples from the {total} of {where}; "
+            f"val_size must be 1 to {total - 1}"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Decode the IDX files and make the seeded train/val split."""
         splits = self._load_splits()
         images, labels = splits["train"]
         total = len(labels)
-        val = self.val_size if self.val_size is not None else total // 12
-        if not 0 < val < total:
-            raise DataError(f"cannot take {val} validation samples from {total}")
+        val = self.split_sizes(total)[1]
         self.mnist_train, self.mnist_val = TensorImageDataset.split(
             images, labels, [total - val, val], self.seed
         )

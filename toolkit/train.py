@@ -169,7 +169,7 @@ def _check_numbers(num_workers: int, learning_rate: float, seed: int = 0) -> Non
 def _train_split_size(data: MNISTDataModule) -> int:
     """Samples in the training part of the train/val split (as ``data.setup`` makes it)."""
     total = len(load_split("train", data.dataset, data.data_dir, data.download)[1])
-    return total - (data.val_size if data.val_size is not None else total // 12)
+    return data.split_sizes(total)[0]
 
 
 def _check_batch_size(batch_size: int, samples: int, where: str = "the training split") -> None:
