@@ -369,6 +369,18 @@ def test_empty_paths_are_refused(argv: list[str], tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_leading_tilde_in_a_path_option_means_home(tmp_path: Path) -> None:
+    # In a config file or after "--checkpoint=" no shell expands ~: it was taken literally.
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (work / "cfg.yaml").write_text("checkpoint: ~/none.ckpt\n")
+    for argv in (["--checkpoint=~/none.ckpt"], ["--config", "cfg.yaml"]):
+        proc = run_cli("evaluate", *argv, cwd=work, env={"HOME": str(home)})
+        assert_one_line_error(proc, 1, str(home / "none.ckpt"))
+        assert "~" not in proc.stderr
+
+
 def test_messages_name_what_is_wrong_with_a_path(tmp_path: Path) -> None:
     (tmp_path / "junk.ckpt").write_text("junk\n")
     (tmp_path / "file").write_text("x")

@@ -171,6 +171,10 @@ def _call(parser: Any, cfg: Any) -> Any:
     for name in _PATH_OPTIONS:
         if isinstance(kwargs.get(name), str) and not kwargs[name].strip():
             raise UsageError(f"--{name} must not be empty; give a path or leave it out")
+        if isinstance(kwargs.get(name), str) and kwargs[name].startswith("~"):
+            # A shell expands ~ only in a word of its own; in a config file or after
+            # "--data_dir=" it reached toolkit as a folder named "~".
+            kwargs[name] = os.path.expanduser(kwargs[name])
     if command == "train":
         trainer = kwargs.get("trainer") or {}
         if not isinstance(trainer, dict):  # e.g. "trainer: 5" in a config file
