@@ -327,6 +327,25 @@ def test_a_moved_data_folder_is_named_as_the_runs(run, tmp_path: Path) -> None:
         evaluate(checkpoint=str(copy / "model.ckpt"))
 
 
+def test_an_unknown_dataset_recorded_in_run_json_is_named_as_the_runs(run, tmp_path: Path) -> None:
+    """A bad name in run.json was reported as 'unknown dataset' (exit 2, a wrong call)
+    although the user typed no --dataset."""
+    import shutil
+
+    from toolkit.errors import DataError
+    from toolkit.parity import verify
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.run_dir, copy)
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "dataset": "foo"}))
+    recorded = re.escape(f"{copy / 'run.json'} records an unknown dataset 'foo'; pass --dataset")
+    with pytest.raises(DataError, match=recorded):
+        evaluate(checkpoint=str(copy / "model.ckpt"))
+    with pytest.raises(DataError, match=recorded):
+        verify(copy / "model.ckpt", None)
+
+
 def test_throttled_progress_bar_redraws_after_min_interval_and_at_the_end() -> None:
     from toolkit.train import ThrottledProgressBar
 

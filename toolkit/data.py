@@ -74,6 +74,22 @@ def _class_name(dataset: str) -> str:
         ) from None
 
 
+def recorded_dataset(recorded: str | None, run_json: Path) -> str:
+    """The data set that ``run_json`` records (``recorded``; None: the default).
+
+    Raises:
+        DataError: an unknown name, said to come from ``run_json`` (the user gave none).
+    """
+    if recorded is None:
+        return DEFAULT_DATASET
+    if recorded not in DATASETS:
+        raise DataError(
+            f"{run_json} records an unknown dataset {recorded!r}; pass --dataset "
+            f"({', '.join(sorted(DATASETS))})"
+        )
+    return recorded
+
+
 def _find_in(folder: Path) -> dict[str, Path]:
     """Map each IDX name present in ``folder`` (plain or ``.gz``) to its file."""
     found = {}

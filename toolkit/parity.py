@@ -898,7 +898,7 @@ def verify(
         UsageError: a bad option (checked before anything is loaded or run), or every
             artifact in ``exports`` was exported from other weights (before anything runs).
     """
-    from toolkit.data import recorded_in
+    from toolkit.data import recorded_dataset, recorded_in
     from toolkit.models import input_shape_of
     from toolkit.reload import RUN_INFO, load_network, read_json_object, text_fields
 
@@ -921,7 +921,8 @@ def verify(
     if dataset is None and data_dir is None:  # the data the run was trained on, as evaluate
         data_dir = run_info.get("data_dir")
         recorded_dir = checkpoint.parent / RUN_INFO if data_dir and inputs is None else None
-    dataset = dataset or run_info.get("dataset") or "fashion-mnist"
+    if dataset is None:
+        dataset = recorded_dataset(run_info.get("dataset"), checkpoint.parent / RUN_INFO)
     with recorded_in(recorded_dir, data_dir):
         main, labels, described, split = _main_inputs(inputs, shape, dataset, data_dir, limit)
     sets = build_input_sets(main, shape)

@@ -41,6 +41,7 @@ from toolkit.data import (
     NUM_CLASSES,
     MNISTDataModule,
     load_split,
+    recorded_dataset,
     recorded_in,
 )
 from toolkit.errors import (
@@ -941,7 +942,7 @@ def evaluate(
         data_dir = run_text.get("data_dir")
         recorded_dir = source.parent / RUN_INFO if data_dir else None
     if dataset is None:
-        dataset = run_text.get("dataset", DEFAULT_DATASET)
+        dataset = recorded_dataset(run_text.get("dataset"), source.parent / RUN_INFO)
     if seed is None:  # the split the run trained on: its val samples were never trained on
         recorded = info.get("seed")
         seed = recorded if _valid_seed(recorded) else DEFAULT_SEED
