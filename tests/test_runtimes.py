@@ -221,6 +221,20 @@ def test_cuda_without_the_cuda_provider_is_a_usage_error(artifacts: tuple) -> No
         runner.load()  # a UsageError: one line from the CLI; bench and verify skip it
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-iobinding"])
+@pytest.mark.parametrize(("field", "value"), [("input_name", "x"), ("output_names", ["zzz"])])
+def test_onnx_manifest_naming_other_inputs_or_outputs_than_the_graph_is_refused(
+    runtime: str, field: str, value: object, artifacts: tuple, tmp_path: Path
+) -> None:
+    # The manifest tells users the feed name; once a wrong one passed verify unnoticed.
+    folder = copy_artifact(artifacts, "onnx", tmp_path)
+    manifest = Manifest.load(folder)
+    setattr(manifest, field, value)
+    manifest.save(folder)
+    with pytest.raises(CheckpointError, match=r"takes \['input'\] and gives \['logits'\], but"):
+        RUNTIMES.get(runtime)(folder).load()
+
+
 def test_manifest_is_plain_json(artifacts: tuple) -> None:
     data = json.loads((artifacts[0] / "onnx" / MANIFEST_NAME).read_text())
     assert Manifest.from_json(data) == Manifest.load(artifacts[0] / "onnx")

@@ -98,8 +98,16 @@ class OnnxRuntimeRunner(ArtifactRunner):
                 f"onnxruntime fell back to {self.session.get_providers()[0]} for {path}; "
                 "check the CUDA and cuDNN libraries onnxruntime-gpu needs"
             )
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [self.manifest.input_name] or outputs != list(self.manifest.output_names):
+            # The manifest tells users how to feed the model: it must say what the graph does.
+            raise CheckpointError(
+                f"{path} takes {inputs} and gives {outputs}, but its manifest says "
+                f"{[self.manifest.input_name]} and {list(self.manifest.output_names)}; "
+                "export it again"
+            )
+        self.input_name, self.output_name = inputs[0], outputs[0]
 
     def _prepare(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().cpu().contiguous().numpy()
