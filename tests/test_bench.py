@@ -779,6 +779,9 @@ def test_bench_fails_when_an_artifact_or_a_named_runtime_cannot_run(
         (lambda d: d["rows"][0].update(quantiles_us=None), "quantiles_us or round_p50s_us"),
         (lambda d: d.update(protocol="x"), "protocol is not an object"),
         (lambda d: d.update(rows=[1]), "is not a bench.json report"),
+        (lambda d: d["rows"][0].update(p50_us=0), "has a p50_us of 0, not above 0"),
+        (lambda d: d.update(schema_version=999), "schema 999, from a newer toolkit"),
+        (lambda d: d.update(schema_version="1"), "schema_version '1' is not an integer"),
     ],
 )
 def test_a_malformed_compare_report_is_refused_before_timing(

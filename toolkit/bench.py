@@ -697,6 +697,11 @@ class BenchReport:
 
     def _type_problem(self) -> str | None:
         """What in a loaded report does not have the type ``--compare`` reads, if anything."""
+        version = self.schema_version
+        if isinstance(version, bool) or not isinstance(version, int):
+            return f"schema_version {version!r} is not an integer"
+        if version > SCHEMA_VERSION:
+            return f"schema {version}, from a newer toolkit; this one reads up to {SCHEMA_VERSION}"
         for name in ("environment", "protocol"):
             if not isinstance(getattr(self, name), dict):
                 return f"{name} is not an object"
@@ -713,6 +718,8 @@ class BenchReport:
             scalars = (row.p50_us, row.n)
             if not all(_is_number(v) for v in scalars) or not isinstance(row.batch, int):
                 return f"row {row.runtime!r} has a p50_us, n or batch that is not a number"
+            if not row.p50_us > 0:  # a time; compared as a ratio
+                return f"row {row.runtime!r} has a p50_us of {row.p50_us}, not above 0"
             if not numbers(row.quantiles_us) or not numbers(row.round_p50s_us):
                 return f"row {row.runtime!r} has quantiles_us or round_p50s_us not numbers"
         return None
