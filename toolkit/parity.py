@@ -921,7 +921,7 @@ def verify(
     if dataset is None and data_dir is None:  # the data the run was trained on, as evaluate
         data_dir = run_info.get("data_dir")
         recorded_dir = checkpoint.parent / RUN_INFO if data_dir and inputs is None else None
-    if dataset is None:
+    if dataset is None and inputs is None:  # own inputs use no data set
         dataset = recorded_dataset(run_info.get("dataset"), checkpoint.parent / RUN_INFO)
     with recorded_in(recorded_dir, data_dir):
         main, labels, described, split = _main_inputs(inputs, shape, dataset, data_dir, limit)
@@ -990,17 +990,18 @@ def verify(
 def _main_inputs(
     inputs: Any,
     shape: tuple[int, ...],
-    dataset: str,
+    dataset: str | None,
     data_dir: str | Path | None,
     limit: int | None,
 ) -> tuple[torch.Tensor, np.ndarray | None, str, str | None]:
-    """(inputs, labels or None, description, split or None)."""
+    """(inputs, labels or None, description, split or None); ``dataset`` None: the default."""
     if inputs is not None:
         x = read_inputs(inputs, shape)[:limit]
         name = str(inputs) if isinstance(inputs, str | Path) else "inputs given in memory"
         return x, None, name, None
-    from toolkit.data import load_split, to_float
+    from toolkit.data import DEFAULT_DATASET, load_split, to_float
 
+    dataset = dataset or DEFAULT_DATASET
     images, labels = load_split("test", dataset, data_dir)
     x = to_float(images[:limit])
     if tuple(x.shape[1:]) != tuple(shape):
