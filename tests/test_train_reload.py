@@ -775,3 +775,45 @@ def test_evaluate_checks_the_network_against_the_data(tmp_path: Path, idx_dir: P
             model_kwargs={"num_features": 100},
             data_dir=str(idx_dir),
         )
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_train_puts_back_the_process_state_it_changes(
+    idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """Deterministic mode (NaN-filling every new tensor), Lightning's seed variables and the
+    seeded generators stayed set in the caller's process after train returned or raised."""
+    import os
+    import random
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    from toolkit import train as train_module
+
+    for name in train_module._TRAINING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PL_SEED_WORKERS", "caller's")
+    torch.use_deterministic_algorithms(False)
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    if fails:
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("written badly")
+
+        monkeypatch.setattr(train_module, "_save_weights", broken)
+    options = {"accelerator": "cpu", "devices": 1, "limit_train_batches": 2}
+    with pytest.raises(RuntimeError, match="written badly") if fails else nullcontext():
+        train_module.train(
+            data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path), trainer=options
+        )
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert os.environ.get("PL_SEED_WORKERS") == "caller's"
+    assert "PL_GLOBAL_SEED" not in os.environ and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

@@ -654,10 +654,14 @@ def train(
             ~30 µs after three epochs. Intra-op threads started earlier in the process keep
             their own setting, so call ``train`` before other CPU work for the full effect.
 
+    What training changes in the process (torch's deterministic mode, set by the Trainer's
+    ``deterministic=True``; the random generators ``seed_everything`` seeds; the
+    environment variables both set) is put back as it was when ``train`` returns or raises.
+
     Returns:
         A :class:`TrainResult`, also written as ``run.json``.
     """
-    with _denormals_flushed(flush_denormal):
+    with _process_state_restored(), _denormals_flushed(flush_denormal):
         return _train(
             model,
             model_kwargs,
@@ -674,6 +678,47 @@ def train(
             trainer,
             eval_batch_size,
         )
+
+
+#: Environment variables that ``seed_everything`` and ``Trainer(deterministic=True)`` set.
+_TRAINING_ENV = ("CUBLAS_WORKSPACE_CONFIG", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+@contextlib.contextmanager
+def _process_state_restored() -> Iterator[None]:
+    """Put back, after the block, the process state that a Lightning fit changes for good.
+
+    ``Trainer(deterministic=True)`` turns on torch's deterministic algorithms (which also
+    fill every new tensor with NaN: ``torch.empty`` of 4M floats became ~600x slower in the
+    caller's later code) and sets ``CUBLAS_WORKSPACE_CONFIG``; ``seed_everything`` reseeds
+    the random generators and sets ``PL_GLOBAL_SEED``/``PL_SEED_WORKERS``.
+    """
+    import random
+
+    import numpy as np
+    from torch.utils import deterministic as torch_deterministic
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch_deterministic.fill_uninitialized_memory
+    env = {name: os.environ.get(name) for name in _TRAINING_ENV}
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch_deterministic.fill_uninitialized_memory = fill
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def _denormals_are_flushed() -> bool:
