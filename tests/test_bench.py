@@ -1311,3 +1311,15 @@ def test_verdict_says_when_the_runner_up_was_faster_round_by_round() -> None:
     (verdict,) = B.choose_verdicts(rows, ["cpu"], [1], samples)
     assert (verdict.runtime, verdict.runner_up, verdict.tied) == ("b", "r", False)
     assert verdict.runner_up_ci[1] < 1.0 and "but r was faster round by round" in verdict.text
+
+
+def test_bench_puts_back_the_callers_thread_count(trained_run: Path, tmp_path: Path) -> None:
+    # bench left torch at its --threads (every core by default); verify, after it in the
+    # same process, then ran with that instead of the caller's setting.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        B.bench_command(**{**_quick(trained_run, tmp_path), "threads": 2})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -1444,67 +1444,71 @@ def bench(
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randn((max(sizes), *shape), generator=generator)
     inputs = check_inputs(inputs, shape)
+    old_threads = torch.get_num_threads()  # put back after: a library call, not a process
     torch.set_num_threads(n_threads)
-    say = progress or (lambda _line: None)
-    all_skipped = list(skipped)
-    rows: list[BenchRow] = []
-    samples: dict[tuple[str, str | None, str, int], list[np.ndarray]] = {}
-    clocks: dict[str, str] = {}
-    others = OtherCpuUse()  # measured over the timed rounds
-    for device in device_list:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            all_skipped.append(Skipped("*", device, "no CUDA device"))
-            say(f"{device}: skipped (no CUDA device)")
-            continue
-        with torch.cuda.device(device) if device.startswith("cuda") else _no_context():
-            device_rows = _bench_device(
-                device,
-                specs,
-                shape,
-                sizes,
-                inputs,
-                n_threads,
-                protocol,
-                parity or {},
-                all_skipped,
-                say,
-                samples,
-                others,
-            )
-        for row in device_rows:
-            clocks.setdefault(f"{device}:{row.runtime}", row.clock)
-        rows += device_rows
-    protocol_json = {
-        **dataclasses.asdict(protocol),
-        "io_boundary": protocol.io_boundary,
-        "clocks": clocks,
-        "interleaving": "runtimes interleaved in rounds, order rotated each round",
-        "per_round": "min_calls/rounds calls and min_time/rounds s per runtime and round",
-        "bootstrap": {
-            "resamples": BOOTSTRAP_RESAMPLES,
-            "confidence": BOOTSTRAP_CONFIDENCE,
-            "seed": BOOTSTRAP_SEED,
-            "max_draws_per_side": BOOTSTRAP_MAX_DRAWS,
-            "statistic": "median over rounds of median(runtime) / median(eager) in the "
-            "round; calls resampled within rounds, then rounds resampled",
-        },
-        "threads": n_threads,
-        "inputs": "user inputs, cycled" if user_inputs else "random normal (seed 0)",
-    }
-    other_cores = others.cores()
-    environment = collect_environment(n_threads, device_list)
-    environment["other_cpu_cores"] = None if other_cores is None else round(other_cores, 2)
-    return BenchReport(
-        environment=environment,
-        protocol=protocol_json,
-        devices=device_list,
-        batch_sizes=sizes,
-        rows=rows,
-        skipped=all_skipped,
-        verdicts=choose_verdicts(rows, device_list, sizes, samples),
-        parity_source="",
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
+    try:
+        say = progress or (lambda _line: None)
+        all_skipped = list(skipped)
+        rows: list[BenchRow] = []
+        samples: dict[tuple[str, str | None, str, int], list[np.ndarray]] = {}
+        clocks: dict[str, str] = {}
+        others = OtherCpuUse()  # measured over the timed rounds
+        for device in device_list:
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                all_skipped.append(Skipped("*", device, "no CUDA device"))
+                say(f"{device}: skipped (no CUDA device)")
+                continue
+            with torch.cuda.device(device) if device.startswith("cuda") else _no_context():
+                device_rows = _bench_device(
+                    device,
+                    specs,
+                    shape,
+                    sizes,
+                    inputs,
+                    n_threads,
+                    protocol,
+                    parity or {},
+                    all_skipped,
+                    say,
+                    samples,
+                    others,
+                )
+            for row in device_rows:
+                clocks.setdefault(f"{device}:{row.runtime}", row.clock)
+            rows += device_rows
+        protocol_json = {
+            **dataclasses.asdict(protocol),
+            "io_boundary": protocol.io_boundary,
+            "clocks": clocks,
+            "interleaving": "runtimes interleaved in rounds, order rotated each round",
+            "per_round": "min_calls/rounds calls and min_time/rounds s per runtime and round",
+            "bootstrap": {
+                "resamples": BOOTSTRAP_RESAMPLES,
+                "confidence": BOOTSTRAP_CONFIDENCE,
+                "seed": BOOTSTRAP_SEED,
+                "max_draws_per_side": BOOTSTRAP_MAX_DRAWS,
+                "statistic": "median over rounds of median(runtime) / median(eager) in the "
+                "round; calls resampled within rounds, then rounds resampled",
+            },
+            "threads": n_threads,
+            "inputs": "user inputs, cycled" if user_inputs else "random normal (seed 0)",
+        }
+        other_cores = others.cores()
+        environment = collect_environment(n_threads, device_list)
+        environment["other_cpu_cores"] = None if other_cores is None else round(other_cores, 2)
+        return BenchReport(
+            environment=environment,
+            protocol=protocol_json,
+            devices=device_list,
+            batch_sizes=sizes,
+            rows=rows,
+            skipped=all_skipped,
+            verdicts=choose_verdicts(rows, device_list, sizes, samples),
+            parity_source="",
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+    finally:
+        torch.set_num_threads(old_threads)
 
 
 def _bench_device(
