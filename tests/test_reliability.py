@@ -142,16 +142,23 @@ def test_a_run_json_that_is_not_used_is_noted_once(tmp_path: Path, capsys: Any) 
         (lambda c: c.update(hyper_parameters=[1]), "hyper_parameters that are not a mapping"),
         (lambda c: c["state_dict"].update(extra=3), "values are not all tensors"),
         (lambda c: c["hyper_parameters"].update(network_kwargs="abc"), "are not JSON"),
+        (lambda c: c["hyper_parameters"].update(network_kwargs=[1, 2]), "not an object: "),
+        (lambda c: c["hyper_parameters"].update(network=5), "network name that is not text"),
     ],
 )
 def test_checkpoint_with_wrong_contents_is_one_clear_line(
     tmp_path: Path, trained_run: Path, change: Any, message: str
 ) -> None:
+    from toolkit.reload import load_lightning_model
+
     checkpoint = torch.load(trained_run / "model.ckpt", weights_only=True)
     change(checkpoint)
     torch.save(checkpoint, tmp_path / "odd.ckpt")
     with pytest.raises(CheckpointError, match=message):
         load_network(tmp_path / "odd.ckpt", "mlp")
+    # evaluate and verify reload through LightningModel: once AttributeError/TypeError
+    with pytest.raises(CheckpointError, match=message):
+        load_lightning_model(tmp_path / "odd.ckpt")
 
 
 def test_an_exported_artifact_given_as_weights_is_named_as_such(

@@ -341,19 +341,19 @@ def load_lightning_model(
     from toolkit.module import LightningModel
 
     obj = read_torch_file(path, trust_pickled_file)
-    if not isinstance(obj, dict) or "state_dict" not in obj:
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
     hparams = obj.get("hyper_parameters") or {}
-    if model is None and hparams.get("network") is None:
+    if not isinstance(hparams, dict):  # as read_weights: a file's fault, not a traceback
+        raise CheckpointError(f"{path} has hyper_parameters that are not a mapping")
+    _check_tensors(obj["state_dict"], Path(path))
+    name, kwargs = _network_fields(hparams.get("network"), hparams.get("network_kwargs"), str(path))
+    if model is None and name is None:
         raise UsageError(
             f"{path} does not record its network; pass --model NAME (e.g. mlp), or "
             "model=... in Python (the tutorial's way)"
         )
-    net = (
-        model
-        if model is not None
-        else build_model(hparams["network"], **dict(hparams.get("network_kwargs") or {}))
-    )
+    net = model if model is not None else build_model(name, **kwargs)  # type: ignore[arg-type]
     check_state_dict(net, _strip_prefix(obj["state_dict"]), str(path))
     extra = {"model": model} if model is not None else {}
     lightning_model = LightningModel.load_from_checkpoint(
