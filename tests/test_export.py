@@ -308,6 +308,20 @@ def test_export_writing_another_opset_than_asked_fails(tmp_path: Path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_model_refuses_unknown_options_and_a_missing_source_file(
+    tmp_path: Path,
+) -> None:
+    # A misspelled opset_version=13 was ignored (the manifest said opset 20), and a missing
+    # source_checkpoint was a FileNotFoundError after the module was put in eval mode.
+    model = build_model("mlp")
+    with pytest.raises(UsageError, match=r"unknown export option\(s\) opset_version, scirpt; "):
+        export_model(model, None, "onnx", tmp_path / "a", opset_version=13, scirpt=True)
+    with pytest.raises(CheckpointError, match=r"no such file: .*nope\.ckpt"):
+        export_model(model, None, "onnx", tmp_path / "b", source_checkpoint=tmp_path / "nope.ckpt")
+    assert list(tmp_path.iterdir()) == []
+    assert model.training  # refused before the module was touched
+
+
 def test_warnings_of_a_failed_export_are_not_shown(tmp_path: Path, monkeypatch) -> None:
     def noisy(self, model, example_input, out_dir, fail: bool = False, **options):
         warnings.warn("exporter noise", UserWarning, stacklevel=1)
@@ -317,6 +331,7 @@ def test_warnings_of_a_failed_export_are_not_shown(tmp_path: Path, monkeypatch) 
 
     original = FORMATS.get("torchscript").export
     monkeypatch.setattr(FORMATS.get("torchscript"), "export", noisy)
+    monkeypatch.setattr(FORMATS.get("torchscript"), "extra_options", ("fail",), raising=False)
     model = build_model("mlp")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -130,6 +130,11 @@ def _check_flag(options: dict[str, Any], key: str, allow_none: bool = False) -> 
     raise UsageError(f"{key} must be true or false, got {value!r}")
 
 
+#: Options every format accepts (each uses those that apply to it). A registered format
+#: class may name more of its own in an ``extra_options`` tuple.
+FORMAT_OPTIONS = ("exporter", "opset", "script", "per_channel", "external_data")
+
+
 def check_format_options(names: list[str], options: dict[str, Any]) -> None:
     """Refuse bad format options up front, so that a bad one never leaves a half-done export.
 
@@ -140,8 +145,17 @@ def check_format_options(names: list[str], options: dict[str, Any]) -> None:
     booleans (``external_data`` may also be None).
 
     Raises:
-        UsageError: an unknown exporter, an opset out of range, or a mistyped option.
+        UsageError: an unknown exporter, an opset out of range, or a mistyped or unknown
+            option (a misspelled ``opset_version=13`` was ignored without a word).
     """
+    known = set(FORMAT_OPTIONS).union(
+        *(getattr(FORMATS.get(name), "extra_options", ()) for name in names)
+    )
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(
+            f"unknown export option(s) {', '.join(unknown)}; available: {', '.join(sorted(known))}"
+        )
     _check_flag(options, "script")
     _check_flag(options, "per_channel")
     _check_flag(options, "external_data", allow_none=True)
@@ -447,6 +461,10 @@ def export_model(
     """
     names = resolve_formats(formats)
     check_format_options(names, format_options)
+    if source_checkpoint is not None:  # hashed into every manifest: read before any work
+        from toolkit.reload import check_is_file
+
+        check_is_file(source_checkpoint)
     for name in names:  # refuse before any work
         check_new(Path(out_dir) / name, overwrite)
     # A folder made here is removed again if the export fails.
