@@ -817,3 +817,22 @@ def test_train_puts_back_the_process_state_it_changes(
     assert os.environ.get("PL_SEED_WORKERS") == "caller's"
     assert "PL_GLOBAL_SEED" not in os.environ and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_model_kwargs_that_cannot_be_recorded_are_refused_before_training(
+    idx_dir: Path, tmp_path: Path
+) -> None:
+    """numpy numbers trained to the end, then failed writing run.json, and nothing was saved."""
+    import numpy as np
+
+    from toolkit.errors import UsageError
+    from toolkit.train import train
+
+    with pytest.raises(UsageError, match=r"model_kwargs must be JSON values .*int64"):
+        train(
+            data_dir=str(idx_dir),
+            max_epochs=1,
+            output_dir=str(tmp_path / "runs"),
+            model_kwargs={"num_classes": np.int64(10)},
+        )
+    assert not (tmp_path / "runs").exists()

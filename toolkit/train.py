@@ -763,6 +763,12 @@ def _train(
     # Everything that can be checked is checked before any output is created.
     _check_run_name(run_name)
     model_kwargs = dict(model_kwargs or {})
+    try:  # recorded in run.json and the .safetensors metadata, written after training
+        json.dumps(model_kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"model_kwargs must be JSON values (numbers, text, lists, mappings): {exc}"
+        ) from None
     net = build_model(model, **model_kwargs)  # fail fast on a bad name or kwargs
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES.get(model, 0.001)
