@@ -345,3 +345,16 @@ def test_partial_folder_names_the_missing_files(tmp_path: Path, idx_dir: Path) -
         f"{tmp_path / 'd' / 'FashionMNIST' / 'raw'} lacks "
         "train-images-idx3-ubyte, t10k-labels-idx1-ubyte"
     )
+
+
+def test_a_file_replaced_with_its_old_mtime_is_decoded_again(tmp_path: Path) -> None:
+    # `cp -p`, `tar x` and `rsync -a` keep the mtime; the cache served the old tensors.
+    write_idx_dataset(tmp_path / "a", n_test=60)
+    write_idx_dataset(tmp_path / "b", n_test=30)
+    assert len(load_split("test", data_dir=tmp_path / "a")[1]) == 60
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        old, new = tmp_path / "a" / name, tmp_path / "b" / name
+        stat = old.stat()
+        shutil.copyfile(new, old)
+        os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(load_split("test", data_dir=tmp_path / "a")[1]) == 30

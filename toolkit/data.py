@@ -311,12 +311,20 @@ def load_split(
     data_dir: str | Path | None = None,
     download: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one split (``train`` or ``test``) into uint8 images (N, 28, 28) and int64 labels."""
+    """Decode one split (``train`` or ``test``) into uint8 images (N, 28, 28) and int64 labels.
+
+    The tensors are cached per file version and shared between calls: copy them before
+    changing them in place.
+    """
     if split not in SPLIT_FILES:
         raise UnknownNameError(f"unknown split '{split}'; available: train, test")
     files = locate_data(dataset, data_dir, download)
     images_path, labels_path = (files[name] for name in SPLIT_FILES[split])
-    stamp = tuple(os.stat(p).st_mtime_ns for p in (images_path, labels_path))
+    # ctime and inode too: `cp -p`, `tar x` and `rsync -a` keep a replaced file's mtime.
+    stamp = tuple(
+        (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        for st in map(os.stat, (images_path, labels_path))
+    )
     images, labels = _decode(images_path, labels_path, stamp)
     _check_is_dataset(labels, split, dataset, Path(data_dir) if data_dir else labels_path)
     return images, labels
