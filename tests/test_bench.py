@@ -186,11 +186,13 @@ def test_protocol_respects_minimums_and_bounds(mlp: torch.nn.Module) -> None:
 
 
 def test_bench_rows_threads_rounds_and_fake_runner(mlp: torch.nn.Module) -> None:
+    before = torch.get_num_threads()
     report = B.bench(
         _specs(mlp, ("fake-sleep", SleepRunner)), SHAPE, "cpu", [1, 4], threads=1, protocol=FAST
     )
     assert report.environment["threads"]["intra_op"] == 1
-    assert report.protocol["threads"] == 1 and torch.get_num_threads() == 1
+    assert report.protocol["threads"] == 1
+    assert torch.get_num_threads() == before  # the caller's setting, put back
     assert report.protocol["io_boundary"] == B.IO_DEVICE
     assert {(r.runtime, r.batch) for r in report.rows} == {
         (n, b) for n in ("eager", "fake-sleep") for b in (1, 4)
