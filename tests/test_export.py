@@ -584,10 +584,26 @@ def test_eval_mode_is_set_and_reported(tmp_path: Path, capsys) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5)).train()
     manifest = export_model(model, inputs(4), "torchscript", tmp_path)["torchscript"]
     assert "export: put Sequential in eval mode for export" in capsys.readouterr().err
-    assert not any(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())  # the caller's modes are back
     assert manifest.input_shape == ["batch", 1, 28, 28]
     loaded = torch.jit.load(str(tmp_path / "torchscript" / "model.pt"))
+    # the artifact was exported in eval mode: no Dropout
     np.testing.assert_allclose(eager(loaded, inputs(7)), eager(model, inputs(7)), atol=1e-5)
+
+
+def test_mixed_training_modes_are_restored_after_export(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5), nn.ReLU())
+    model.train()
+    model[1].eval()
+    export_model(model, inputs(4), "torchscript", tmp_path)
+    assert [m.training for m in model.modules()] == [True, True, False, True, True]
+
+
+def test_training_modes_are_restored_after_a_failed_export(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), FixedBatch()).train()
+    with pytest.raises(ExportError):
+        export_model(model, inputs(4), "torchscript", tmp_path)
+    assert all(m.training for m in model.modules())
 
 
 def test_module_left_in_training_mode_is_an_error(tmp_path: Path) -> None:
@@ -648,12 +664,12 @@ def test_lightning_module_exports_its_network(tmp_path: Path) -> None:
 
     lightning_model = LightningModel(network="mlp").train()
     manifest = export_model(lightning_model, None, "exported-program", tmp_path)
+    assert lightning_model.training and lightning_model.model.training  # modes restored
     loaded = torch.export.load(str(tmp_path / "exported-program" / "model.pt2")).module()
     with torch.no_grad():
         got = loaded(inputs(7)).numpy()
     np.testing.assert_allclose(got, eager(lightning_model.model, inputs(7)), atol=1e-6)
     assert manifest["exported-program"].input_shape == ["batch", 1, 28, 28]
-    assert not lightning_model.model.training
 
 
 def test_format_names() -> None:

@@ -2,17 +2,19 @@
 
 ``export_model`` is the library entry point (any ``nn.Module`` or LightningModule);
 ``export_command`` is the ``toolkit export`` verb. Before exporting, the module is put in
-eval mode (and the user is told), and checked for modules left in training mode,
-batch-statistics BatchNorm, random ops, parameters split across devices and a missing
-example input. All options (formats, exporter, opset, ...) are checked before anything is
-exported. Each format is written into a hidden ``.<format>.<pid>.partial`` folder, and the
-folders are renamed to ``<out_dir>/<format>/`` only once every format succeeded: a failed
-export leaves ``out_dir`` as it was, a killed one never leaves a partial folder under the
-final name, and an existing one is replaced only with ``overwrite``.
+eval mode (the user is told; its training modes are put back afterwards), and checked for
+modules left in training mode, batch-statistics BatchNorm, random ops, parameters split
+across devices and a missing example input. All options (formats, exporter, opset, ...)
+are checked before anything is exported. Each format is written into a hidden
+``.<format>.<pid>.partial`` folder, and the folders are renamed to ``<out_dir>/<format>/``
+only once every format succeeded: a failed export leaves ``out_dir`` as it was, a killed
+one never leaves a partial folder under the final name, and an existing one is replaced
+only with ``overwrite``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import numbers
@@ -21,6 +23,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +269,22 @@ def check_devices(module: nn.Module) -> nn.Module:
     return module
 
 
+@contextlib.contextmanager
+def training_modes_kept(model: nn.Module) -> Iterator[None]:
+    """Put every submodule of ``model`` back in the training mode it had, on exit.
+
+    Exporting switches the network to eval mode; a model exported between training
+    epochs must go on training with Dropout and BatchNorm as they were (as
+    ``torch.onnx.export`` does).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def put_in_eval_mode(module: nn.Module) -> None:
     """Call ``eval()``, say so, and check that no submodule stayed in training mode.
 
@@ -434,6 +453,9 @@ def export_model(
 ) -> dict[str, Manifest]:
     """Export a network to each format in ``out_dir/<format>/`` (artifact + manifest.json).
 
+    The network is exported in eval mode; every submodule's training mode is put back
+    afterwards, whether the export succeeded or not.
+
     All options are checked before anything is exported. Every format is built in a
     hidden staging folder, and the folders are renamed into place only once all of them
     succeeded: a failed export leaves ``out_dir`` as it was.
@@ -468,7 +490,7 @@ def export_model(
     for name in names:  # refuse before any work
         check_new(Path(out_dir) / name, overwrite)
     # A folder made here is removed again if the export fails.
-    with writable_dir(out_dir) as out_dir:
+    with writable_dir(out_dir) as out_dir, training_modes_kept(model):
         module, example = prepare_for_export(model, example_input)
         clean_stale_partials(out_dir)
         provenance = {
