@@ -897,6 +897,16 @@ def test_bench_command_takes_batch_sizes_with_commas(trained_run: Path, tmp_path
         B.bench_command(**{**quick, "batch_sizes": "1,x"})
 
 
+def test_bench_command_says_when_batch_sizes_repeat(
+    trained_run: Path, tmp_path: Path, capsys
+) -> None:
+    quick = {**_quick(trained_run, tmp_path), "batch_sizes": "2,1,2", "runtimes": "eager"}
+    assert [row.batch for row in B.bench_command(**quick).rows] == [2, 1]
+    assert "bench: --batch_sizes repeats 2; each batch size is measured once" in (
+        capsys.readouterr().err
+    )
+
+
 def test_bench_command_takes_model_for_a_lone_state_dict(trained_run: Path, tmp_path: Path) -> None:
     import shutil
 

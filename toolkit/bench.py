@@ -1888,7 +1888,15 @@ def bench_command(
     from toolkit.reload import load_network
 
     ckpt = Path(checkpoint)
-    batch_sizes = _check_batch_sizes(_split_ints(batch_sizes, "batch_sizes"))
+    given = _split_ints(batch_sizes, "batch_sizes")
+    batch_sizes = _check_batch_sizes(given)
+    if len(batch_sizes) < len(given):
+        repeated = sorted({b for b in given if given.count(b) > 1})
+        print(
+            f"bench: --batch_sizes repeats {', '.join(map(str, repeated))}; each batch size "
+            "is measured once",
+            file=sys.stderr,
+        )
     _parse_devices(device)  # every option is checked before anything is loaded or said
     resolve_threads(threads)
     TimingProtocol(max_time=max_time).validate()  # as given, before min_time raises it
