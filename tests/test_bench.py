@@ -1029,16 +1029,23 @@ def test_bench_timing_options_are_checked_by_their_own_names(
         B.bench_command(**{**_quick(trained_run, tmp_path), **change})
 
 
-def test_bench_with_a_tampered_artifact_measures_the_rest_and_fails(
-    trained_run: Path, tmp_path: Path
-) -> None:
+def _exports_with_a_damaged_torchscript(
+    trained_run: Path, tmp_path: Path, formats: str = "torchscript"
+) -> tuple[Path, dict[str, Any]]:
+    """``formats`` exported, with a byte appended to torchscript's model.pt; bench options."""
     from toolkit.export import export_command
 
     exports = tmp_path / "exports"
-    export_command(str(trained_run / "model.ckpt"), "torchscript", str(exports))
+    export_command(str(trained_run / "model.ckpt"), formats, str(exports))
     with open(exports / "torchscript" / "model.pt", "ab") as f:
         f.write(b"x")
-    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+    return exports, {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
+
+
+def test_bench_with_a_tampered_artifact_measures_the_rest_and_fails(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    _, quick = _exports_with_a_damaged_torchscript(trained_run, tmp_path)
     with pytest.raises(CheckFailedError, match=r"1 artifact.*failed their checksum.*model\.pt"):
         B.bench_command(**quick)
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
@@ -1084,14 +1091,10 @@ def test_bench_counts_an_artifact_with_a_contradicting_manifest_as_broken(
 def test_bench_error_names_checksum_failures_and_counts_the_other_broken_rows(
     trained_run: Path, tmp_path: Path
 ) -> None:
-    from toolkit.export import export_command
-
-    exports = tmp_path / "exports"
-    export_command(str(trained_run / "model.ckpt"), "torchscript,exported-program", str(exports))
-    with open(exports / "torchscript" / "model.pt", "ab") as f:
-        f.write(b"x")
+    exports, quick = _exports_with_a_damaged_torchscript(
+        trained_run, tmp_path, "torchscript,exported-program"
+    )
     _rehash(exports / "exported-program", input_shape=None)
-    quick = {**_quick(trained_run, tmp_path), "exports": str(exports), "runtimes": "all"}
     with pytest.raises(CheckFailedError) as caught:
         B.bench_command(**quick)
     message = str(caught.value)

@@ -814,6 +814,16 @@ def test_cli_overwrite_replaces_a_plain_file_without_leftovers(
     Manifest.load(tmp_path / "onnx").verify_files(tmp_path / "onnx")
 
 
+def _edited_onnx_manifest(mlp_exports: tuple, tmp_path: Path, change: dict) -> tuple[Path, dict]:
+    """A copy of the mlp's onnx export whose manifest has ``change`` applied; and the original."""
+    folder = tmp_path / "onnx"
+    shutil.copytree(mlp_exports[0] / "onnx", folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    Manifest.load(folder)  # valid as exported
+    (folder / MANIFEST_NAME).write_text(json.dumps({**data, **change}))
+    return folder, data
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
@@ -834,11 +844,7 @@ def test_manifest_with_a_field_of_the_wrong_type_is_refused(
     change: dict, problem: str, mlp_exports: tuple, tmp_path: Path
 ) -> None:
     # Hand-edited manifests once crashed bench and verify with a TypeError traceback.
-    folder = tmp_path / "onnx"
-    shutil.copytree(mlp_exports[0] / "onnx", folder)
-    data = json.loads((folder / MANIFEST_NAME).read_text())
-    Manifest.load(folder)  # valid as exported
-    (folder / MANIFEST_NAME).write_text(json.dumps({**data, **change}))
+    folder, _ = _edited_onnx_manifest(mlp_exports, tmp_path, change)
     with pytest.raises(CheckpointError, match=f"not a valid manifest.*{problem}"):
         Manifest.load(folder)
 
@@ -860,10 +866,7 @@ def test_manifest_with_a_field_of_the_wrong_type_is_refused(
 def test_manifest_without_a_model_file_is_refused(
     files: list, problem: str, mlp_exports: tuple, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "onnx"
-    shutil.copytree(mlp_exports[0] / "onnx", folder)
-    data = json.loads((folder / MANIFEST_NAME).read_text())
-    (folder / MANIFEST_NAME).write_text(json.dumps({**data, "files": files}))
+    folder, data = _edited_onnx_manifest(mlp_exports, tmp_path, {"files": files})
     with pytest.raises(CheckpointError, match=problem):
         Manifest.load(folder)
     manifest = Manifest.from_json({**data, "files": files})
