@@ -238,3 +238,20 @@ def test_onnx_manifest_naming_other_inputs_or_outputs_than_the_graph_is_refused(
 def test_manifest_is_plain_json(artifacts: tuple) -> None:
     data = json.loads((artifacts[0] / "onnx" / MANIFEST_NAME).read_text())
     assert Manifest.from_json(data) == Manifest.load(artifacts[0] / "onnx")
+
+
+def test_eager_runner_leaves_the_callers_module_as_it_was() -> None:
+    # Runners once called source.to(device).eval() on the caller's own module: bench()
+    # left a model in eval mode (and would have moved it to the GPU).
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout(0.5)).train()
+    runner = RUNTIMES.get("eager")(model, "cpu", (1, 28, 28))
+    out = runner(inputs(4))
+    assert all(m.training for m in model.modules())
+    np.testing.assert_allclose(out, runner(inputs(4)))  # the runner's copy is in eval mode
+    model.eval()
+    assert RUNTIMES.get("eager")(model, "cpu", (1, 28, 28)).eval_module() is model  # no copy
+
+
+def test_eager_runner_refuses_what_is_not_a_module() -> None:
+    with pytest.raises(UsageError, match=r"runtime 'eager' needs an nn\.Module, got str"):
+        RUNTIMES.get("eager")("model.pt", "cpu", (1, 28, 28))(inputs(2))

@@ -8,12 +8,15 @@ checks, warm-up and synchronisation; a subclass writes ``_load``, ``_prepare`` a
 from __future__ import annotations
 
 import abc
+import contextlib
+import copy
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from toolkit.errors import UsageError
 from toolkit.manifest import BATCH_AXIS, Manifest
@@ -106,6 +109,29 @@ class Runner(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Release the model (optional)."""
+
+    def eval_module(self) -> nn.Module:
+        """``source`` in eval mode on ``self.device``, leaving the caller's module as it was.
+
+        The module itself is used when it is already there and in eval mode; otherwise a
+        copy is moved and switched (a module that cannot be copied is used itself).
+
+        Raises:
+            UsageError: ``source`` is not an ``nn.Module``.
+        """
+        module = self.source
+        if not isinstance(module, nn.Module):
+            kind = type(module).__name__
+            raise UsageError(f"runtime '{self.name}' needs an nn.Module, got {kind}")
+        where = {t.device for t in (*module.parameters(), *module.buffers())}
+        there = all(
+            d.type == self.device.type and self.device.index in (None, d.index) for d in where
+        )
+        if there and not any(m.training for m in module.modules()):
+            return module
+        with contextlib.suppress(Exception):  # uncopyable: run the caller's module itself
+            module = copy.deepcopy(module)
+        return module.to(self.device).eval()
 
     # -- subclass hooks -----------------------------------------------------------------
     @abc.abstractmethod

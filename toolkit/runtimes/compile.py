@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from toolkit.errors import UsageError
 from toolkit.runtimes.base import RUNTIMES, Runner
 
 #: Untimed calls at a new input shape, enough to trigger every (re)compile.
@@ -38,12 +36,9 @@ class TorchCompileRunner(Runner):
     device_types = ("cpu", "cuda")
 
     def _load(self) -> None:
-        if not isinstance(self.source, nn.Module):
-            kind = type(self.source).__name__
-            raise UsageError(f"runtime 'torch-compile' needs an nn.Module, got {kind}")
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        self.module = self.source.to(self.device).eval()
+        self.module = self.eval_module()
         mode = self.options.get("mode", "default")
         inductor = torch._TorchCompileInductorWrapper(mode, None, self.options.get("dynamic"))
         self.compiles = 0

@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from toolkit.errors import UsageError
 from toolkit.runtimes.base import RUNTIMES, Runner
 
 #: Eager calls on a side stream before capture (lazy init, cuDNN/cuBLAS autotuning).
@@ -31,10 +29,7 @@ class CudaGraphRunner(Runner):
     device_types = ("cuda",)
 
     def _load(self) -> None:
-        if not isinstance(self.source, nn.Module):
-            kind = type(self.source).__name__
-            raise UsageError(f"runtime 'cuda-graph' needs an nn.Module, got {kind}")
-        self.module = self.source.to(self.device).eval()
+        self.module = self.eval_module()
         self.graphs: dict[tuple[int, ...], tuple[torch.Tensor, Any, torch.Tensor]] = {}
 
     def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor]:

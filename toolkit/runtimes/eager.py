@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from toolkit.errors import UsageError
 from toolkit.runtimes.base import RUNTIMES, Runner
 
 
@@ -16,10 +14,7 @@ class EagerRunner(Runner):
     device_types = ("cpu", "cuda")
 
     def _load(self) -> None:
-        if not isinstance(self.source, nn.Module):
-            kind = type(self.source).__name__
-            raise UsageError(f"runtime 'eager' needs an nn.Module, got {kind}")
-        self.module = self.source.to(self.device).eval()
+        self.module = self.eval_module()
 
     def _infer(self, prepared: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
