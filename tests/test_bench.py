@@ -1338,3 +1338,24 @@ def test_bench_puts_back_the_callers_thread_count(trained_run: Path, tmp_path: P
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _live(runtime: str, fn: Any) -> Any:
+    spec = B.RuntimeSpec(runtime, None, "onnx-int8" if runtime != "eager" else None)
+    return B._Live(spec, fn, 0.0)
+
+
+def test_quick_check_refuses_a_single_output_column() -> None:
+    # Label agreement of one column is always 1.0: all-zero outputs once passed.
+    lives = [_live("eager", lambda x: np.ones((len(x), 1))), _live("onnxruntime", np.zeros)]
+    with pytest.raises(UsageError, match=r"single score per sample \(shape \(4, 1\)\)"):
+        B.quick_parity(lives, (3,), 4)
+
+
+def test_quick_check_is_skipped_when_eager_cannot_run() -> None:
+    # Once a RuntimeError traceback (float64 network); eager's own row says why it failed.
+    def broken(x: torch.Tensor) -> np.ndarray:
+        raise RuntimeError("mat1 and mat2 must have the same dtype")
+
+    lives = [_live("eager", broken), _live("onnxruntime", lambda x: np.zeros((len(x), 3)))]
+    assert B.quick_parity(lives, (3,), 4) == {}

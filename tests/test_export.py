@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,7 @@ PLAIN_LOADERS["onnx-fp16"] = PLAIN_LOADERS["onnx-int8"] = PLAIN_LOADERS["onnx"]
 
 PLAIN_SCRIPT = """
 import sys
+import lightning as L
 import numpy as np
 folder, jobs = sys.argv[1], sys.argv[2:]
 for fmt, path in zip(jobs[::2], jobs[1::2]):
@@ -615,6 +617,109 @@ def test_module_left_in_training_mode_is_an_error(tmp_path: Path) -> None:
 def test_random_forward_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="different outputs for the same input"):
         export_model(RandomForward(), inputs(2), "torchscript", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("head", "problem"),
+    [
+        (nn.Linear(784, 1), r"single score per sample \(shape \(2, 1\)\)"),
+        (nn.Sequential(nn.Linear(784, 1), nn.Flatten(0)), r"shape \(2,\) for a batch of 2"),
+    ],
+)
+def test_output_that_is_not_class_scores_is_an_error(
+    head: nn.Module, problem: str, tmp_path: Path
+) -> None:
+    # A single column once passed fp16/int8 parity with all-zero outputs: every argmax is 0.
+    with pytest.raises(ExportError, match=problem):
+        export_model(nn.Sequential(nn.Flatten(), head), inputs(2), "onnx", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+class InPlaceScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x /= 255  # changes its input, as some preprocessing does
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_forward_changing_its_input_exports_and_leaves_the_callers_tensor(tmp_path: Path) -> None:
+    # Once refused as "random" (the second check call saw the first one's division), and
+    # the caller's tensor came back divided.
+    example = inputs(4) * 255
+    kept = example.clone()
+    export_model(InPlaceScale(), example, "torchscript", tmp_path)
+    assert torch.equal(example, kept)
+
+
+def test_example_not_matching_the_declared_input_shape_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"shape \(4, 784\) does not match PyTorchMLP's input_"):
+        export_model(build_model("mlp"), torch.rand(4, 784), "onnx", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+class CountingCalls(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fc(x.flatten(1))
+
+
+def test_weights_are_hashed_before_any_forward_call(tmp_path: Path) -> None:
+    model = CountingCalls()
+    before = weights_sha256(model)
+    manifest = export_model(model, inputs(2), "exported-program", tmp_path)["exported-program"]
+    assert manifest.weights_sha256 == before  # the weights the caller saved, not a mid-check state
+
+
+class NetAsAttribute(L.LightningModule):
+    """A LightningModule that keeps its layers under another name than ``.model``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        self.example_input_array = torch.rand(2, 1, 28, 28)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_lightning_module_without_model_attribute_traces_to_torchscript(tmp_path: Path) -> None:
+    # Tracing read LightningModule.trainer, which raised "not attached to a Trainer".
+    module = NetAsAttribute()
+    export_model(module, None, "torchscript", tmp_path)
+    loaded = torch.jit.load(str(tmp_path / "torchscript" / "model.pt"))
+    np.testing.assert_allclose(eager(loaded, inputs(3)), eager(module, inputs(3)), atol=1e-6)
+    assert "_jit_is_scripting" not in vars(module)
+
+
+class ScaledHead(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).log_softmax(1)
+
+
+def test_lightning_forward_other_than_its_network_is_reported(tmp_path: Path, capsys) -> None:
+    export_model(ScaledHead(), inputs(2), "exported-program", tmp_path / "a")
+    assert (
+        "export: note: ScaledHead.forward gives other outputs than its network Sequential; "
+        "only Sequential is exported" in capsys.readouterr().err
+    )
+    from toolkit.module import LightningModel
+
+    export_model(LightningModel(network="mlp"), None, "exported-program", tmp_path / "b")
+    assert "note:" not in capsys.readouterr().err  # its forward is its network's
 
 
 def test_batchnorm_using_batch_statistics_is_an_error(tmp_path: Path) -> None:

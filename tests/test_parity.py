@@ -780,6 +780,17 @@ def test_model_kwargs_reach_the_network(lone_state_dict: Path, tmp_path: Path) -
         verify(lone_state_dict, tmp_path, inputs=x, model="mlp", model_kwargs={"num_classes": 5})
 
 
+def test_network_with_a_single_output_column_is_refused(tmp_path: Path) -> None:
+    # Top-1 labels of one column always agree: fp16/int8 rows once passed with zero outputs.
+    from toolkit.models import build_model
+
+    path = tmp_path / "one.pt"
+    torch.save(build_model("mlp", num_classes=1).state_dict(), path)
+    x = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UsageError, match=r"PyTorchMLP returns a single score per sample"):
+        verify(path, tmp_path, inputs=x, model="mlp", model_kwargs={"num_classes": 1})
+
+
 def test_model_given_for_a_checkpoint_that_records_it(trained_run: Path, tmp_path: Path) -> None:
     x = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(0))
     report = verify(trained_run / "model.ckpt", tmp_path, inputs=x, model="mlp")

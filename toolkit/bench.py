@@ -1218,14 +1218,24 @@ def quick_parity(
     agreement of at least the format's ``min_agreement``. Random inputs are a weaker test
     than ``toolkit verify`` on real data.
     """
+    from toolkit.parity import class_scores_problem
+
     eager = next((live for live in lives if live.spec.runtime == "eager"), None)
-    if eager is None:
+    if eager is None or len(lives) == 1:  # nothing to compare with
         return {}
     generator = torch.Generator().manual_seed(1234)
     xs = [
         torch.randn((batch, *input_shape), generator=generator) for _ in range(QUICK_CHECK_BATCHES)
     ]
-    refs = [eager.runner(x) for x in xs]
+    try:
+        refs = [eager.runner(x) for x in xs]
+    except UsageError:
+        raise
+    except Exception:  # eager's own row already says why it failed
+        return {}
+    problem = class_scores_problem(refs[0].shape, batch)
+    if problem is not None:
+        raise UsageError(f"the network {problem} (bench checks the other runtimes' labels)")
     results: dict[str, tuple[str, str]] = {}
     for live in lives:
         if live is eager:

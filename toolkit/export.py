@@ -240,7 +240,15 @@ def check_example_input(module: nn.Module, example_input: Any) -> torch.Tensor:
             "the example input must be a float32 batch (batch, ...), got "
             f"{example_input.dtype} of shape {tuple(example_input.shape)}"
         )
-    example = example_input.detach().cpu().contiguous()
+    declared = getattr(module, "input_shape", None)
+    if declared is not None and tuple(example_input.shape[1:]) != tuple(declared):
+        raise UsageError(
+            f"the example input's shape {tuple(example_input.shape)} does not match "
+            f"{name}'s input_shape (batch, {', '.join(map(str, declared))}); verify and "
+            "bench feed the network that shape"
+        )
+    # a copy: a forward that changes its input in place must not change the caller's tensor
+    example = example_input.detach().cpu().clone(memory_format=torch.contiguous_format)
     if example.shape[0] < MIN_EXAMPLE_BATCH:
         example = example.repeat(MIN_EXAMPLE_BATCH, *([1] * (example.dim() - 1)))
         _say(f"example batch of 1 repeated to {MIN_EXAMPLE_BATCH} so the batch axis stays dynamic")
@@ -319,21 +327,27 @@ def put_in_eval_mode(module: nn.Module) -> None:
 
 
 def check_forward(module: nn.Module, example: torch.Tensor) -> None:
-    """Run the example twice: one tensor output, and the same output both times.
+    """Run the example twice: one tensor of class scores, the same both times.
 
     Raises:
-        ExportError: the forward fails, returns no single tensor, or is random.
+        ExportError: the forward fails, returns no single tensor, no (batch, classes)
+            scores with at least 2 classes, or is random.
     """
+    from toolkit.parity import class_scores_problem
+
     name = type(module).__name__
     try:
-        with torch.no_grad():
-            first, second = module(example), module(example)
+        with torch.no_grad():  # each call on its own copy: a forward may change its input
+            first, second = module(example.clone()), module(example.clone())
     except Exception as exc:
         raise ExportError(
             f"{name} fails on the example input of shape {tuple(example.shape)}: {exc}"
         ) from exc
     if not isinstance(first, torch.Tensor):
         raise ExportError(f"{name} must return one tensor (logits), got {type(first).__name__}")
+    problem = class_scores_problem(first.shape, len(example))
+    if problem is not None:
+        raise ExportError(f"{name} {problem}")
     if not torch.equal(first, second):
         raise ExportError(
             f"{name} gives different outputs for the same input in eval mode (random ops "
@@ -341,16 +355,62 @@ def check_forward(module: nn.Module, example: torch.Tensor) -> None:
         )
 
 
+def _note_lightning_forward(
+    lightning_module: nn.Module, network: nn.Module, x: torch.Tensor
+) -> None:
+    """Say so when a LightningModule's own forward differs from its network's."""
+    try:
+        with torch.no_grad():
+            outer = lightning_module.eval()(x.clone())
+            inner = network(x.clone())
+    except Exception:
+        return
+    if (
+        isinstance(outer, torch.Tensor)
+        and outer.shape == inner.shape
+        and torch.allclose(outer.cpu(), inner, rtol=1e-5, atol=1e-6)
+    ):
+        return
+    outer_name, inner_name = type(lightning_module).__name__, type(network).__name__
+    _say(
+        f"note: {outer_name}.forward gives other outputs than its network {inner_name}; "
+        f"only {inner_name} is exported (move the extra steps into the network to keep them)"
+    )
+
+
+@contextlib.contextmanager
+def _traceable(module: nn.Module) -> Iterator[None]:
+    """Let a LightningModule be traced without a Trainer, as its own to_torchscript does.
+
+    Tracing reads every attribute, and ``LightningModule.trainer`` raises when no Trainer
+    is attached unless ``_jit_is_scripting`` is set.
+    """
+    if not _is_lightning_module(module) or "_jit_is_scripting" in vars(module):
+        yield
+        return
+    module._jit_is_scripting = True
+    try:
+        yield
+    finally:
+        del module._jit_is_scripting
+
+
 def prepare_for_export(
     model: nn.Module, example_input: torch.Tensor | None
-) -> tuple[nn.Module, torch.Tensor]:
-    """The plain module (eval mode, CPU) and a checked example input, ready to export."""
-    module, example = _unwrap(model, example_input)
-    module = check_devices(module)
+) -> tuple[nn.Module, torch.Tensor, str]:
+    """The plain module (eval mode, CPU), a checked example input, and the weights' sha256.
+
+    The hash is taken before any forward call, since a forward may update buffers.
+    """
+    network, example = _unwrap(model, example_input)
+    module = check_devices(network)
     example = check_example_input(module, example)
     put_in_eval_mode(module)
+    weights = weights_sha256(module)
     check_forward(module, example)
-    return module, example
+    if network is not model:
+        _note_lightning_forward(model, module, example)
+    return module, example, weights
 
 
 # -- atomic per-format folders -------------------------------------------------------------
@@ -379,7 +439,7 @@ def stage_one(
         staging.mkdir()
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
-            manifest = fmt.export(module, example, staging, **options)
+            manifest = fmt.export(module, example.clone(), staging, **options)
         manifest.export_seconds = round(time.perf_counter() - start, 4)
         opset = options.get("opset")
         if opset is not None and manifest.opset is not None and manifest.opset != opset:
@@ -491,7 +551,7 @@ def export_model(
         check_new(Path(out_dir) / name, overwrite)
     # A folder made here is removed again if the export fails.
     with writable_dir(out_dir) as out_dir, training_modes_kept(model):
-        module, example = prepare_for_export(model, example_input)
+        module, example, weights = prepare_for_export(model, example_input)
         clean_stale_partials(out_dir)
         provenance = {
             "network": network,
@@ -499,9 +559,12 @@ def export_model(
             # absolute: messages that name it must not depend on where export ran
             "source_checkpoint": os.path.abspath(source_checkpoint) if source_checkpoint else None,
             "source_sha256": sha256_file(source_checkpoint) if source_checkpoint else None,
-            "weights_sha256": weights_sha256(module),  # before any format touches it
+            "weights_sha256": weights,  # before any forward call or format touches it
         }
-        return _export_all(names, module, example, out_dir, overwrite, provenance, format_options)
+        with _traceable(module):
+            return _export_all(
+                names, module, example, out_dir, overwrite, provenance, format_options
+            )
 
 
 def _note_other_weights(out_dir: Path, manifests: dict[str, Manifest]) -> None:

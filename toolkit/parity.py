@@ -41,7 +41,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,26 @@ def nonfinite_counts(values: np.ndarray) -> tuple[int, int]:
     """Number of NaN and of ±Inf elements."""
     values = np.asarray(values)
     return int(np.isnan(values).sum()), int(np.isinf(values).sum())
+
+
+def class_scores_problem(shape: Sequence[int], batch: int) -> str | None:
+    """Why an output of ``shape`` for ``batch`` inputs is not (batch, classes), or None.
+
+    Parity and the bench's quick check judge lossy formats by top-1 labels, which say
+    nothing about a 1-D output or a single column (every argmax is 0).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2 or shape[0] != batch:
+        return (
+            f"returns an output of shape {shape} for a batch of {batch}; toolkit needs class "
+            f"scores of shape ({batch}, classes)"
+        )
+    if shape[1] < 2:
+        return (
+            f"returns a single score per sample (shape {shape}); toolkit needs at least 2 "
+            "classes, since its parity checks compare top-1 labels"
+        )
+    return None
 
 
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, int]:
@@ -941,6 +961,9 @@ def verify(
         )
         if reference is None:
             raise CheckFailedError(f"the eager reference did not run: {reference_row.error}")
+        problem = class_scores_problem(reference["main"].shape, len(sets[0].x))
+        if problem is not None:
+            raise UsageError(f"{type(reference_net).__name__} {problem}")
         ref_acc = accuracy(reference["main"], labels) if labels is not None else None
         plans: list[RowPlan] = [(reference_row, None)]
         plans += _reload_plans(
