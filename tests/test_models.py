@@ -46,7 +46,7 @@ def test_registering_twice_is_an_error() -> None:
 
 
 class TutorialPyTorchMLP(nn.Module):
-    """Verbatim copy of the tutorial's class."""
+    """The tutorial's class, as the issue describes it (``Flatten`` first)."""
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
@@ -70,3 +70,57 @@ def test_tutorial_state_dict_loads_unchanged(tmp_path) -> None:
     ours.load_state_dict(torch.load(tmp_path / "lightning.pt", weights_only=True))
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(ours(x), tutorial(x))
+
+
+class CoursePyTorchMLP(nn.Module):
+    """The Lightning course's class (dl-fundamentals unit 5): it flattens in ``forward``."""
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.all_layers = nn.Sequential(
+            nn.Linear(num_features, 50),
+            nn.ReLU(),
+            nn.Linear(50, 25),
+            nn.ReLU(),
+            nn.Linear(25, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.all_layers(torch.flatten(x, start_dim=1))
+
+
+def test_course_state_dict_that_flattens_in_forward_loads(tmp_path) -> None:
+    # Its Linear layers sit at all_layers.0/2/4; they were refused as missing/unexpected keys.
+    from lightning.pytorch import LightningModule
+
+    from toolkit.reload import load_lightning_model, load_network
+
+    course = CoursePyTorchMLP(num_features=784, num_classes=10)
+    x = torch.rand(4, 1, 28, 28)
+    ours = PyTorchMLP(num_features=784, num_classes=10)
+    ours.load_state_dict(course.state_dict())
+    assert torch.equal(ours(x), course(x))
+    torch.save(course.state_dict(), tmp_path / "lightning.pt")
+    assert torch.equal(load_network(tmp_path / "lightning.pt", "mlp")(x), course(x))
+
+    class CourseLightningModel(LightningModule):  # the tutorial's checkpoint, with hparams
+        def __init__(self, model: nn.Module, learning_rate: float) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore=["model"])
+            self.model = model
+
+    ckpt = tmp_path / "course.ckpt"
+    torch.save({"state_dict": CourseLightningModel(course, 0.05).state_dict(),
+                "hyper_parameters": {"learning_rate": 0.05}, "pytorch-lightning_version": "2.6.0"},
+               ckpt)  # fmt: skip
+    assert torch.equal(load_network(ckpt, "mlp")(x), course(x))
+    reloaded = load_lightning_model(ckpt, model=PyTorchMLP(784, 10))
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), course(x))
+
+
+def test_other_state_dicts_are_not_renamed() -> None:
+    ours = PyTorchMLP()
+    assert PyTorchMLP.adapt_state_dict(ours.state_dict()).keys() == ours.state_dict().keys()
+    odd = {"all_layers.0.weight": torch.zeros(1), "all_layers.1.weight": torch.zeros(1)}
+    assert PyTorchMLP.adapt_state_dict(odd) == odd  # 1 is there: not the course layout

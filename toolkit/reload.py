@@ -321,17 +321,23 @@ def network_from_weights(
 
 
 def _network_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The network's part of a LightningModel's own ``state_dict()`` (keys ``model.*``).
+    """The network's part of a LightningModel's own ``state_dict()`` (keys ``model.*``), in
+    the network's own key layout.
 
     ``torch.save(lightning_model.state_dict(), PATH)`` is an easy mistake next to the
     tutorial's ``torch.save(pytorch_model.state_dict(), PATH)``. The prefix is dropped only
     when the keys do not fit as they are and, without it, fit exactly.
     """
-    expected = model.state_dict().keys()
-    if set(state_dict) == set(expected) or not state_dict:
+    expected = set(model.state_dict())
+    if set(state_dict) == expected or not state_dict:
         return state_dict
+    # a network may accept other key layouts of itself (see PyTorchMLP.adapt_state_dict)
+    adapt = getattr(model, "adapt_state_dict", lambda keys: keys)
     stripped = _strip_prefix(state_dict)
-    return stripped if set(stripped) == set(expected) else state_dict
+    for candidate in (adapt(state_dict), stripped, adapt(stripped)):
+        if set(candidate) == expected:
+            return candidate
+    return state_dict
 
 
 def load_lightning_model(
@@ -354,7 +360,7 @@ def load_lightning_model(
             "model=... in Python (the tutorial's way)"
         )
     net = model if model is not None else build_model(name, **kwargs)  # type: ignore[arg-type]
-    check_state_dict(net, _strip_prefix(obj["state_dict"]), str(path))
+    check_state_dict(net, _network_keys(net, _strip_prefix(obj["state_dict"])), str(path))
     extra = {"model": model} if model is not None else {}
     lightning_model = LightningModel.load_from_checkpoint(
         path, map_location="cpu", weights_only=not trust_pickled_file, **extra
