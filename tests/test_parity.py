@@ -791,6 +791,20 @@ def test_network_with_a_single_output_column_is_refused(tmp_path: Path) -> None:
         verify(path, tmp_path, inputs=x, model="mlp", model_kwargs={"num_classes": 1})
 
 
+def test_network_with_other_class_count_than_the_data_is_refused(
+    idx_dir: Path, tmp_path: Path
+) -> None:
+    # Once scored as "reference accuracy 10.40%" with exit 0, while evaluate refused it.
+    from toolkit.models import build_model
+
+    path = tmp_path / "two.pt"
+    torch.save(build_model("mlp", num_classes=2).state_dict(), path)
+    with pytest.raises(UsageError, match=r"gives 2 scores per sample, but .* has 10 classes"):
+        verify(path, tmp_path, data_dir=idx_dir, model="mlp", model_kwargs={"num_classes": 2})
+    x = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(0))
+    assert verify(path, tmp_path, inputs=x, model="mlp", model_kwargs={"num_classes": 2}).passed
+
+
 def test_model_given_for_a_checkpoint_that_records_it(trained_run: Path, tmp_path: Path) -> None:
     x = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(0))
     report = verify(trained_run / "model.ckpt", tmp_path, inputs=x, model="mlp")

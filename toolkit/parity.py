@@ -918,7 +918,7 @@ def verify(
         UsageError: a bad option (checked before anything is loaded or run), or every
             artifact in ``exports`` was exported from other weights (before anything runs).
     """
-    from toolkit.data import recorded_dataset, recorded_in
+    from toolkit.data import NUM_CLASSES, recorded_dataset, recorded_in
     from toolkit.models import input_shape_of
     from toolkit.reload import RUN_INFO, load_network, read_json_object, text_fields
 
@@ -964,6 +964,12 @@ def verify(
         problem = class_scores_problem(reference["main"].shape, len(sets[0].x))
         if problem is not None:
             raise UsageError(f"{type(reference_net).__name__} {problem}")
+        classes = reference["main"].shape[1]
+        if labels is not None and classes != NUM_CLASSES:  # as evaluate refuses it
+            raise UsageError(
+                f"{type(reference_net).__name__} gives {classes} scores per sample, but "
+                f"{described} has {NUM_CLASSES} classes; check --model_kwargs"
+            )
         ref_acc = accuracy(reference["main"], labels) if labels is not None else None
         plans: list[RowPlan] = [(reference_row, None)]
         plans += _reload_plans(
