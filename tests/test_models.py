@@ -124,3 +124,9 @@ def test_other_state_dicts_are_not_renamed() -> None:
     assert PyTorchMLP.adapt_state_dict(ours.state_dict()).keys() == ours.state_dict().keys()
     odd = {"all_layers.0.weight": torch.zeros(1), "all_layers.1.weight": torch.zeros(1)}
     assert PyTorchMLP.adapt_state_dict(odd) == odd  # 1 is there: not the course layout
+
+
+def test_a_network_object_where_its_name_is_wanted_is_named_as_such() -> None:
+    # evaluate(model=PyTorchMLP(...)) once said "unknown model 'PyTorchMLP(\n  (all_layers)…".
+    with pytest.raises(UnknownNameError, match=r"by its registered name \(.*mlp.*\), not a Py"):
+        build_model(PyTorchMLP())  # type: ignore[arg-type]

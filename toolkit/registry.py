@@ -40,6 +40,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name`` or raise naming the valid choices."""
+        if not isinstance(name, str):  # e.g. a network object where its name was wanted
+            raise UnknownNameError(
+                f"a {self.kind} is given by its registered name ({', '.join(self.names())}), "
+                f"not a {type(name).__name__} object"
+            )
         try:
             return self._items[name]
         except KeyError:

@@ -311,7 +311,10 @@ def network_from_weights(
     state_dict, saved_name, saved_kwargs = weights
     name = network or saved_name
     if name is None:
-        raise UsageError(f"{source} does not record its network; pass --model NAME (e.g. mlp)")
+        raise UsageError(
+            f"{source} does not record its network; pass --model NAME (e.g. mlp), or in "
+            "Python the name: model='mlp' (network='mlp' for load_network)"
+        )
     kwargs = {**(saved_kwargs if saved_name in (None, name) else {}), **(network_kwargs or {})}
     model = build_model(name, **kwargs)
     state_dict = _network_keys(model, state_dict)
@@ -356,8 +359,9 @@ def load_lightning_model(
     name, kwargs = _network_fields(hparams.get("network"), hparams.get("network_kwargs"), str(path))
     if model is None and name is None:
         raise UsageError(
-            f"{path} does not record its network; pass --model NAME (e.g. mlp), or "
-            "model=... in Python (the tutorial's way)"
+            f"{path} does not record its network; pass --model NAME (e.g. mlp), or in "
+            "Python model='mlp' (load_lightning_model takes the network object, as "
+            "load_from_checkpoint(path, model=net) does in the tutorial)"
         )
     net = model if model is not None else build_model(name, **kwargs)  # type: ignore[arg-type]
     check_state_dict(net, _network_keys(net, _strip_prefix(obj["state_dict"])), str(path))
