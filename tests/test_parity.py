@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -894,6 +895,16 @@ def test_artifacts_of_other_weights_are_refused_or_failed(tmp_path: Path) -> Non
     # every artifact from a.pt: the wrong folder for b.pt, refused before anything runs
     with pytest.raises(UsageError, match=r"exported from other weights \(.*a\.pt\) than .*b\.pt"):
         verify_command(str(tmp_path / "b.pt"), str(exports), model="mlp")
+    # the advice works as given: it keeps --model and names a folder of its own
+    with pytest.raises(UsageError) as caught:
+        verify_command(str(tmp_path / "b.pt"), str(exports), model="mlp", model_kwargs={})
+    advice = str(caught.value).split("pass that: ")[1]
+    command, own = advice.split(", then --exports ")
+    argv = shlex.split(command)
+    assert argv[:2] == ["toolkit", "export"] and argv[argv.index("--model") + 1] == "mlp"
+    assert argv[argv.index("--output_dir") + 1] == own and not Path(own).exists()
+    export_command(str(tmp_path / "b.pt"), "onnx", own, model="mlp")
+    assert verify(tmp_path / "b.pt", own, inputs=x, model="mlp").passed
     assert (exports / "parity.json").read_text() == '{"old": true}'
     # a partial re-export: the stale format fails with the reason, the new one passes
     export_command(str(tmp_path / "b.pt"), "onnx", str(exports), overwrite=True, model="mlp")

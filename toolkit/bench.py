@@ -1952,7 +1952,7 @@ def bench_command(
     weights = weights_sha256(network)
     if exports_dir.is_dir():  # every artifact to run from other weights: the wrong folder
         wanted = [f for f in artifact_folders(exports_dir) if _folder_wanted(f, names)]
-        refuse_other_weights(wanted, weights, ckpt)
+        refuse_other_weights(wanted, weights, ckpt, model, model_kwargs)
     specs, skipped = discover_runtimes(network, exports_dir, names, weights)
     parity_path = exports_dir / PARITY_JSON
 

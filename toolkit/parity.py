@@ -797,11 +797,19 @@ def _artifact_plans(
     return plans
 
 
-def refuse_other_weights(folders: list[Path], weights: str, checkpoint: Path) -> None:
+def refuse_other_weights(
+    folders: list[Path],
+    weights: str,
+    checkpoint: Path,
+    model: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> None:
     """Raise :class:`UsageError` when every artifact in ``folders`` was exported from other
     weights than ``checkpoint``'s (fingerprint ``weights``): the wrong exports folder.
 
     Only some stale artifacts (a partial re-export) are not an error here: their rows fail.
+    The suggested export command repeats ``model`` and ``model_kwargs`` and writes to a
+    folder of its own: the folder in the way holds another file's exports.
     """
     from toolkit.manifest import Manifest, from_other_weights
 
@@ -815,11 +823,20 @@ def refuse_other_weights(folders: list[Path], weights: str, checkpoint: Path) ->
             return
         sources.append(manifest.source_checkpoint or "an unrecorded file")
     if sources:
+        import shlex
+
         where = folders[0].parent if len(folders) > 1 else folders[0]
+        command = ["toolkit", "export", "--checkpoint", str(checkpoint)]
+        if model:
+            command += ["--model", model]
+        if model_kwargs:
+            command += ["--model_kwargs", json.dumps(model_kwargs)]
+        own = str(folders[0].parent.parent / f"{Path(checkpoint).stem}-{weights[:8]}")
         raise UsageError(
             f"the artifacts in {where} were exported from other weights "
             f"({', '.join(sorted(set(sources)))}) than {checkpoint}; pass that file as "
-            f"--checkpoint, or export this one: toolkit export --checkpoint {checkpoint}"
+            f"--checkpoint, or export this one to a folder of its own and pass that: "
+            f"{shlex.join([*command, '--output_dir', own])}, then --exports {shlex.quote(own)}"
         )
 
 
@@ -934,7 +951,7 @@ def verify(
     checkpoint_sha256 = sha256_file(checkpoint)
     weights = weights_sha256(reference_net)
     folders = artifact_folders(Path(exports)) if exports is not None else []
-    refuse_other_weights(folders, weights, checkpoint)
+    refuse_other_weights(folders, weights, checkpoint, model, model_kwargs)
     shape = input_shape_of(reference_net)
     run_info = text_fields(read_json_object(checkpoint.parent / RUN_INFO))
     recorded_dir = None
