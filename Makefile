@@ -50,4 +50,5 @@ bench: data
 # Removes what `make run` and the benchmarks wrote; other runs and exports are kept.
 clean:
 	$(if $(strip $(RUN)),,$(error RUN is empty: make clean would remove every run))
+	$(if $(findstring /,$(RUN))$(findstring ..,$(RUN))$(filter .,$(RUN)),$(error RUN=$(RUN) is not a run name: make clean removes runs/<name> and exports/<name> only))
 	rm -rf "runs/$(RUN)" "exports/$(RUN)" .benchmarks .hypothesis .ruff_cache

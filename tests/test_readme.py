@@ -88,3 +88,22 @@ def test_readme_python_api_runs(tmp_path: Path) -> None:
     assert "True" in done.stdout  # report.passed
     assert (tmp_path / "runs" / "api" / "model.ckpt").is_file()
     assert {p.name for p in (tmp_path / "exports" / "api").iterdir()} >= {"onnx", "torchscript"}
+
+
+@pytest.mark.parametrize("run", ["", "../toolkit", "a/b", ".", ".."])
+def test_make_clean_removes_only_a_named_run(run: str) -> None:
+    # `make clean RUN=../toolkit` once ran rm -rf "runs/../toolkit": the package itself.
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(root), "clean", f"RUN={run}"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "rm -rf" not in proc.stdout
+    assert "RUN" in proc.stderr
+
+
+def test_make_clean_names_the_run_folders() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        ["make", "-n", "-C", str(root), "clean", "RUN=x"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and 'rm -rf "runs/x" "exports/x"' in proc.stdout
