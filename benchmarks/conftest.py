@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from toolkit.bench import BUSY_CORES, OtherCpuUse
+
 #: Module runtimes run the network itself; artifact runtimes run an export of this format.
 ARTIFACT_FORMATS: dict[str, str] = {
     "onnxruntime": "onnx",
@@ -26,6 +28,34 @@ ARTIFACT_FORMATS: dict[str, str] = {
 MODULE_RUNTIMES = ("eager", "torch-compile", "cuda-graph")
 #: Intra-op threads of every runner (default: every usable core, as ``toolkit bench``).
 THREADS = int(os.environ.get("BENCH_THREADS", "0")) or len(os.sched_getaffinity(0))
+
+
+#: Other processes' CPU use over every timed benchmark of the session.
+SESSION_LOAD = OtherCpuUse()
+
+
+@pytest.fixture(scope="session")
+def cpu_load() -> OtherCpuUse:
+    """The session's meter of other processes' CPU use; wrap each timed block in it."""
+    return SESSION_LOAD
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Warn when other processes kept cores busy while the benchmarks ran.
+
+    Each runtime is timed in its own block of rounds, so a load that comes and goes
+    shows up as one runtime being slower than another; ``toolkit bench`` interleaves
+    runtimes round by round and reports percentiles instead.
+    """
+    other = SESSION_LOAD.cores()
+    if other is not None and other >= BUSY_CORES:
+        terminalreporter.write_line(
+            f"warning: other processes used {other:.2g} of {len(os.sched_getaffinity(0))} "
+            "cores on average while the benchmarks ran; each runtime is timed in its own "
+            "block, so these figures compare the machine's state as much as the runtimes "
+            "(toolkit bench interleaves them)",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session")

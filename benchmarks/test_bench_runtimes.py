@@ -6,7 +6,13 @@ out.json`` for the figures). ``make test`` does not run it; ``tox -e bench`` doe
 Timing avoids the usual traps: ``benchmark.pedantic`` with one call per round
 (``iterations=1``), explicit warm-up rounds, inputs already on the device, and on CUDA a
 ``torch.cuda.synchronize()`` inside the timed function, so asynchronous work is counted.
-pytest-benchmark reports no percentiles; ``toolkit bench`` does.
+pytest-benchmark reports no percentiles; ``toolkit bench`` does. Each runtime is timed in
+its own block, so the session warns at the end when other processes kept cores busy, and
+each benchmark's ``extra_info`` records ``other_cpu_cores``.
+
+Settings (environment): ``BENCH_ROUNDS`` (timed calls, default 100),
+``BENCH_WARMUP_ROUNDS`` (default 20), ``BENCH_THREADS`` (intra-op threads, default every
+usable core).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import pytest
 import torch
 
+from toolkit.bench import OtherCpuUse
 from toolkit.runtimes import RUNTIMES
 
 BATCH_SIZES = (1, 8, 64, 256)
@@ -29,7 +36,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.cuda])]
 @pytest.mark.parametrize("batch", BATCH_SIZES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("runtime", RUNTIMES.names())
-def test_latency(benchmark, get_runner, network, runtime: str, device: str, batch: int) -> None:
+def test_latency(
+    benchmark, get_runner, network, cpu_load, runtime: str, device: str, batch: int
+) -> None:
     """Latency of one inference call (inputs on the device, outputs left there).
 
     Parametrized over the whole registry: a runtime without a benchmark source fails in
@@ -50,8 +59,12 @@ def test_latency(benchmark, get_runner, network, runtime: str, device: str, batc
         def call() -> None:
             infer(prepared)
 
-    benchmark.group = f"{device} batch {batch}"
+    benchmark.group = f"{device} batch {batch:>4}"  # padded: groups sort as numbers
     benchmark.extra_info.update(
         {"runtime": runtime, "device": device, "batch": batch, "threads": runner.threads}
     )
-    benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    own = OtherCpuUse()
+    with cpu_load.measuring(), own.measuring():
+        benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    other = own.cores()
+    benchmark.extra_info["other_cpu_cores"] = None if other is None else round(other, 2)
