@@ -17,12 +17,14 @@ Run: ``python benchmarks/lightning_overhead.py --rounds 3``
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from toolkit.bench import BUSY_CORES, OtherCpuUse
 from toolkit.data import MNISTDataModule
 from toolkit.models import PyTorchMLP
 from toolkit.module import Adam
@@ -124,17 +126,29 @@ def main() -> None:
     data = MNISTDataModule()
     data.prepare_data()
     data.setup("fit")
+    floors = []
     for _ in range(args.rounds):
-        bare, auto, manual = bare_us(), lightning_us(Automatic), lightning_us(Manual)
-        mlp = bare_mlp_us(data)
+        load = OtherCpuUse()
+        with load.measuring():
+            bare, auto, manual = bare_us(), lightning_us(Automatic), lightning_us(Manual)
+            mlp = bare_mlp_us(data)
         floor = (mlp + auto - bare) * 10 * STEPS / 1e6
+        floors.append(floor)
+        other = load.cores()
+        busy = (
+            f"  (other processes used {other:.2g} cores)" if other and other >= BUSY_CORES else ""
+        )
         print(
             f"us per step: bare {bare:7.1f}  lightning automatic {auto:7.1f} "
             f"(+{auto - bare:.0f})  lightning manual {manual:7.1f} (+{manual - bare:.0f})  "
             f"bare mlp {mlp:7.1f}  -> floor for 10 mlp epochs through the Trainer "
-            f"{floor:.1f} s",
+            f"{floor:.1f} s{busy}",
             flush=True,
         )
+    print(
+        f"floor median {statistics.median(floors):.1f} s (min {min(floors):.1f}, max "
+        f"{max(floors):.1f} over {len(floors)} rounds)"
+    )
 
 
 if __name__ == "__main__":
