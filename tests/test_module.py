@@ -248,3 +248,38 @@ def test_stored_training_step_signature_matches_the_method() -> None:
 
     no_index = NoIndex(network="mlp").training_step
     assert not is_param_in_hook_signature(no_index, "batch_idx", min_args=2)
+
+
+def test_registered_network_given_as_model_is_recorded(tmp_path) -> None:
+    # LightningModel(model=PyTorchMLP(784, 10)), the tutorial's way with toolkit's class,
+    # saved network None: load_from_checkpoint(path) and the CLI then needed the name.
+    import lightning
+
+    from toolkit.models import PyTorchMLP, build_model
+
+    lm = LightningModel(model=PyTorchMLP(784, 5), learning_rate=0.01)
+    assert lm.hparams["network"] == "mlp"
+    assert lm.hparams["network_kwargs"] == {"num_features": 784, "num_classes": 5}
+    path = tmp_path / "tutorial-way.ckpt"
+    torch.save(
+        {
+            "state_dict": lm.state_dict(),
+            "hyper_parameters": dict(lm.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    reloaded = LightningModel.load_from_checkpoint(path, weights_only=True)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(x), lm.eval()(x))
+
+    class Unregistered(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 10)
+
+    assert LightningModel(model=Unregistered()).hparams["network"] is None
+    changed = build_model("mlp")
+    changed.num_classes = 3  # attributes that no longer describe the weights: not recorded
+    assert LightningModel(model=changed).hparams["network"] is None

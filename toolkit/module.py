@@ -174,6 +174,33 @@ def _on_accelerator(optimizer: torch.optim.Optimizer) -> bool:
     return any(p.device.type != "cpu" for g in optimizer.param_groups for p in g["params"])
 
 
+def registered_network(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """The registry name and constructor kwargs of ``model``, when it is an instance of a
+    registered class that keeps each constructor argument as a same-named attribute (as
+    ``PyTorchMLP`` and ``PyTorchCNN`` do), and rebuilding it gives the same weight shapes.
+    None otherwise."""
+    from toolkit.models import MODELS
+
+    name = next((n for n in MODELS.names() if MODELS.get(n) is type(model)), None)
+    if name is None:
+        return None
+    params = list(inspect.signature(type(model).__init__).parameters.values())[1:]
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return None
+    kwargs = {p.name: getattr(model, p.name, None) for p in params}
+    if not all(type(v) in (int, float, str, bool) for v in kwargs.values()):
+        return None
+    try:
+        rebuilt = build_model(name, **kwargs)
+    except Exception:  # not what the constructor takes after all
+        return None
+
+    def shapes(net: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+    return (name, kwargs) if shapes(rebuilt) == shapes(model) else None
+
+
 class LightningModel(L.LightningModule):
     """Wraps any classifier ``nn.Module``: cross-entropy, Adam, torchmetrics accuracy.
 
@@ -181,7 +208,8 @@ class LightningModel(L.LightningModule):
     the hparams. The registry name and constructor kwargs of the network are saved instead
     (``network``, ``network_kwargs``), so ``LightningModel.load_from_checkpoint(path)``
     rebuilds the network without arguments; ``load_from_checkpoint(path, model=net)`` works
-    as in the tutorial.
+    as in the tutorial. A ``model`` built from a registered class (``PyTorchMLP(784, 10)``)
+    has its name and kwargs found and saved too (see :func:`registered_network`).
 
     Args:
         model: The network. If None, it is built from ``network`` and ``network_kwargs``.
@@ -210,6 +238,9 @@ class LightningModel(L.LightningModule):
                     "load_from_checkpoint)"
                 )
             model = build_model(network, **(network_kwargs or {}))
+        elif network is None and (found := registered_network(model)) is not None:
+            # the tutorial's way with toolkit's own class: load_from_checkpoint(path) works
+            network, network_kwargs = found
         self.learning_rate = learning_rate
         self.model = model
         if input_shape is None and hasattr(model, "input_shape"):
