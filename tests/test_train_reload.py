@@ -836,3 +836,27 @@ def test_model_kwargs_that_cannot_be_recorded_are_refused_before_training(
             model_kwargs={"num_classes": np.int64(10)},
         )
     assert not (tmp_path / "runs").exists()
+
+
+def test_trusted_pickle_of_a_class_that_cannot_be_imported_says_so(tmp_path: Path) -> None:
+    # Once "is not a readable torch file (No module named 'tut')": the file was fine.
+    import subprocess
+    import sys
+
+    from toolkit.reload import read_torch_file
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "tut_net.py").write_text(
+        "import torch\nclass Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(2, 2)\n"
+    )
+    saved = tmp_path / "whole_model.pt"
+    subprocess.run(
+        [sys.executable, "-c", f"import torch, tut_net; torch.save(tut_net.Net(), {str(saved)!r})"],
+        cwd=code,
+        check=True,
+    )
+    with pytest.raises(CheckpointError, match=r"class cannot be imported here \(No module named"):
+        read_torch_file(saved, trust_pickled_file=True)

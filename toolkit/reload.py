@@ -59,6 +59,15 @@ def read_torch_file(path: str | Path, trust_pickled_file: bool = False) -> Any:
         raise CheckpointError(
             f"{path} is not a readable torch file (corrupt or truncated)"
         ) from None
+    except (ModuleNotFoundError, AttributeError) as exc:
+        if not trust_pickled_file:
+            raise CheckpointError(f"{path} is not a readable torch file ({exc})") from None
+        # A trusted pickle of an object whose class lives in the user's own code.
+        raise CheckpointError(
+            f"{path} holds a pickled object whose class cannot be imported here "
+            f"({first_line(exc)}); run from the folder of the code that saved it (or set "
+            "PYTHONPATH), or save torch.save(model.state_dict(), PATH) instead"
+        ) from None
     except Exception as exc:
         # Damaged bytes reach torch's legacy unpickler, which fails with whatever its stack
         # machine trips on (IndexError, TypeError, struct.error, ...). With weights_only the
