@@ -77,12 +77,9 @@ class CoursePyTorchMLP(nn.Module):
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
+        # the tutorial's layers without the leading Flatten
         self.all_layers = nn.Sequential(
-            nn.Linear(num_features, 50),
-            nn.ReLU(),
-            nn.Linear(50, 25),
-            nn.ReLU(),
-            nn.Linear(25, num_classes),
+            *TutorialPyTorchMLP(num_features, num_classes).all_layers[1:]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
