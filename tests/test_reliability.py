@@ -493,7 +493,7 @@ def test_onnx_with_another_input_shape_fails_clearly(
     from toolkit.models import build_model
 
     other = build_model("mlp", num_features=100)  # the run's network takes 1x28x28
-    export_model(other, torch.rand(2, 100), ["onnx"], tmp_path / "exports")
+    export_model(other, torch.rand(2, 1, 10, 10), ["onnx"], tmp_path / "exports")
     args = ["--checkpoint", str(trained_run / "model.ckpt"), "--exports", str(tmp_path / "exports")]
     for command in ("verify", "bench"):  # the manifest says: other weights; refused at once
         proc = run_cli(command, *args)
@@ -515,7 +515,7 @@ def test_onnx_with_another_input_shape_fails_clearly(
     assert proc.returncode == 1
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("toolkit: error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
-    assert "does not match the model's (batch, 100)" in error[0]
+    assert "does not match the model's (batch, 1, 10, 10)" in error[0]
     bench = run_cli(
         "bench",
         "--checkpoint",
@@ -539,11 +539,11 @@ def test_onnx_with_another_input_shape_fails_clearly(
     assert bench.returncode == 1 and "Traceback" not in bench.stderr, bench.stderr
     assert bench.stderr.splitlines()[-1].startswith(
         "toolkit: error: --runtimes asked for what was not measured: onnxruntime: "
-        "artifact input shape (batch, 100) differs"
+        "artifact input shape (batch, 1, 10, 10) differs"
     )
     skipped = json.loads((tmp_path / "bench" / "bench.json").read_text())["skipped"]
     assert any(
-        "artifact input shape (batch, 100) differs from the network's (batch, 1, 28, 28)"
+        "artifact input shape (batch, 1, 10, 10) differs from the network's (batch, 1, 28, 28)"
         in entry["reason"]
         for entry in skipped
     )
