@@ -127,3 +127,8 @@ def test_a_network_object_where_its_name_is_wanted_is_named_as_such() -> None:
     # evaluate(model=PyTorchMLP(...)) once said "unknown model 'PyTorchMLP(\n  (all_layers)…".
     with pytest.raises(UnknownNameError, match=r"by its registered name \(.*mlp.*\), not a Py"):
         build_model(PyTorchMLP())  # type: ignore[arg-type]
+
+
+def test_registry_names_what_it_holds() -> None:
+    assert MODELS.name_of(PyTorchMLP) == "mlp"
+    assert MODELS.name_of(nn.Linear) is None

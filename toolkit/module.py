@@ -181,7 +181,7 @@ def registered_network(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
     None otherwise."""
     from toolkit.models import MODELS
 
-    name = next((n for n in MODELS.names() if MODELS.get(n) is type(model)), None)
+    name = MODELS.name_of(type(model))
     if name is None:
         return None
     params = list(inspect.signature(type(model).__init__).parameters.values())[1:]

@@ -52,6 +52,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}"
             ) from None
 
+    def name_of(self, obj: object) -> str | None:
+        """The name ``obj`` is registered under, or None."""
+        return next((name for name, item in self._items.items() if item is obj), None)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)
