@@ -856,6 +856,15 @@ def test_default_exports_folder_is_the_run_or_the_loose_file(tmp_path: Path) -> 
     assert default_exports_dir(tmp_path / "lightning.pt") == Path(f"exports/{where}-lightning")
     assert default_exports_dir(tmp_path / "other.pt") == Path(f"exports/{where}-other")
     assert default_exports_dir(tmp_path / "b" / "lightning.pt") == Path("exports/b-lightning")
+    # Lightning's own layout: two versions that ran as many steps get a folder each
+    logs = tmp_path / "lightning_logs"
+    ckpt = "checkpoints/epoch=9-step=8590.ckpt"
+    assert default_exports_dir(logs / "version_0" / ckpt) == Path(
+        "exports/version_0-epoch=9-step=8590"
+    )
+    assert default_exports_dir(logs / "version_1" / ckpt) == Path(
+        "exports/version_1-epoch=9-step=8590"
+    )
 
 
 def test_cli_unknown_format_is_one_line(tmp_path: Path, trained_run: Path) -> None:

@@ -88,12 +88,17 @@ def default_exports_dir(checkpoint: str | Path) -> Path:
     run folder names the same folder as ``runs/<run>/model.ckpt``, and the run's ``.ckpt``,
     ``.pt`` and ``.safetensors`` share it. A weights file anywhere else (the tutorial's
     ``lightning.pt``) gives ``<folder>-<file name without suffix>``, so two such files, in
-    one folder or in two, do not share, or take each other's, exports.
+    one folder or in two, do not share, or take each other's, exports. In Lightning's own
+    layout, ``lightning_logs/version_3/checkpoints/epoch=9-step=8590.ckpt``, the folder named
+    is the version's, ``version_3-epoch=9-step=8590``: two versions that ran as many steps
+    would otherwise both get ``checkpoints-epoch=9-step=8590``.
     """
     path = Path(checkpoint).resolve()
     if (path.parent / RUN_INFO).is_file():
         return Path(EXPORTS_DIR) / path.parent.name
     parent = path.parent.name
+    if parent == "checkpoints" and path.parent.parent.name:
+        parent = path.parent.parent.name
     return Path(EXPORTS_DIR) / (f"{parent}-{path.stem}" if parent else path.stem)
 
 
