@@ -1359,3 +1359,27 @@ def test_quick_check_is_skipped_when_eager_cannot_run() -> None:
 
     lives = [_live("eager", broken), _live("onnxruntime", lambda x: np.zeros((len(x), 3)))]
     assert B.quick_parity(lives, (3,), 4) == {}
+
+
+def test_a_network_without_input_shape_is_benchmarked_on_own_inputs(
+    shapeless_weights: Path, tmp_path: Path
+) -> None:
+    """``--inputs`` gives the shape a network does not declare; without them, one clear line."""
+    quick = {
+        "checkpoint": str(shapeless_weights),
+        "model": "shapeless",
+        "runtimes": "eager",
+        "exports": None,
+        "batch_sizes": [2],
+        "threads": 1,
+        "min_calls": 10,
+        "min_time": 0.01,
+        "rounds": 1,
+        "output_dir": str(tmp_path / "out"),
+    }
+    with pytest.raises(UsageError, match="Shapeless declares no input_shape; pass --inputs"):
+        B.bench_command(**quick)
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.ones((8, 12), np.float32))
+    report = B.bench_command(**quick, inputs=str(inputs))
+    assert report.row("eager", "cpu", 2).parity == "PASS"

@@ -924,3 +924,30 @@ def test_brief_row_summary_is_bounded() -> None:
     assert brief.startswith("onnx (max abs diff 9.65e+03 exceeds atol") and len(brief) < 150
     assert brief.endswith("at 99954 values …; +1 more)")
     assert ParityRow("x", "f", "r", "artifact", "p").brief() == "x (PASS)"
+
+
+def test_a_network_without_input_shape_is_verified_on_own_inputs(
+    shapeless_weights: Path, tmp_path: Path
+) -> None:
+    """The inputs give the shape a network does not declare (it used to be refused)."""
+    from toolkit.export import export_command
+
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.random.default_rng(0).standard_normal((40, 12), dtype=np.float32))
+    exports = tmp_path / "exports"
+    with pytest.raises(UsageError, match="Shapeless has no input_shape"):
+        export_command(str(shapeless_weights), format="onnx", output_dir=str(exports),
+                       model="shapeless")  # fmt: skip
+    # the Python API exports it from an example input
+    from toolkit.export import export_model
+    from toolkit.reload import load_network
+
+    net = load_network(shapeless_weights, "shapeless")
+    export_model(net, torch.zeros(2, 12), "onnx,torchscript", exports,
+                 source_checkpoint=shapeless_weights, network="shapeless")  # fmt: skip
+    report = parity.verify(shapeless_weights, exports, inputs=str(inputs), model="shapeless")
+    assert report.samples == 40 and report.passed
+    assert {r.kind for r in report.rows} == {"reference", "artifact"}
+    assert all(r.status == "PASS" for r in report.rows), [r.status for r in report.rows]
+    with pytest.raises(UsageError, match=r"expected shape \(N, \.\.\.\), got \(40,\)"):
+        parity.verify(shapeless_weights, inputs=np.zeros(40, np.float32), model="shapeless")

@@ -867,9 +867,12 @@ def discover_runtimes(
 
 
 # -- inputs --------------------------------------------------------------------------------
-def check_inputs(inputs: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """User inputs as a float32 tensor (N, *input_shape), or one clear :class:`UsageError`."""
-    expected = f"(N, {', '.join(map(str, input_shape))})"
+def check_inputs(inputs: Any, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """User inputs as a float32 tensor (N, *input_shape), or one clear :class:`UsageError`.
+
+    ``input_shape`` None (a network that declares none) takes any shape (N, ...).
+    """
+    expected = f"(N, {', '.join(map(str, input_shape or ['...']))})"
     if isinstance(inputs, np.ndarray):
         if inputs.dtype != np.float32:
             raise UsageError(f"bench inputs must be float32 {expected}, got dtype {inputs.dtype}")
@@ -878,7 +881,11 @@ def check_inputs(inputs: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
         raise UsageError(f"bench inputs must be a float32 array, got {type(inputs).__name__}")
     if inputs.dtype != torch.float32:
         raise UsageError(f"bench inputs must be float32 {expected}, got dtype {inputs.dtype}")
-    if inputs.ndim != len(input_shape) + 1 or tuple(inputs.shape[1:]) != tuple(input_shape):
+    if (
+        inputs.ndim < 2
+        if input_shape is None
+        else inputs.ndim != len(input_shape) + 1 or tuple(inputs.shape[1:]) != tuple(input_shape)
+    ):
         raise UsageError(
             f"bench inputs must have shape {expected} for this model, got {tuple(inputs.shape)}"
         )
@@ -887,7 +894,7 @@ def check_inputs(inputs: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
     return inputs.contiguous()
 
 
-def read_input_file(path: str | Path, input_shape: tuple[int, ...]) -> torch.Tensor:
+def read_input_file(path: str | Path, input_shape: tuple[int, ...] | None) -> torch.Tensor:
     """Read a ``.npy`` file of float32 samples (N, *input_shape) for ``--inputs``."""
     path = Path(path)
     if path.suffix != ".npy":
@@ -1871,7 +1878,8 @@ def bench_command(
         warmup_time: Untimed seconds before timing, at least.
         rounds: Interleaved rounds the timed calls are split into.
         include_copies: Time host->device and device->host copies with every call.
-        inputs: A ``.npy`` file of float32 samples (N, *input_shape); default random.
+        inputs: A ``.npy`` file of float32 samples (N, *input_shape); default random. A
+            network that declares no ``input_shape`` needs them: their shape is its.
         output_dir: Where to write the reports (default: the exports folder).
         compare: An earlier ``bench.json``: print each row's change; fail on regressions.
         regression_threshold: Relative slowdown of p50 that counts as a regression, when
@@ -1893,7 +1901,7 @@ def bench_command(
     from toolkit.atomic import check_writable_dir, clean_stale_partials
     from toolkit.bench_report import print_changes, print_report
     from toolkit.manifest import weights_sha256
-    from toolkit.models import input_shape_of
+    from toolkit.models import declared_input_shape
     from toolkit.parity import artifact_folders, refuse_other_weights
     from toolkit.reload import load_network
 
@@ -1926,7 +1934,12 @@ def bench_command(
         raise UsageError(f"--compare_by must be one of {', '.join(COMPARE_BY)}; got {compare_by!r}")
     old = BenchReport.load(compare) if compare else None
     network = load_network(ckpt, model, model_kwargs, trust_pickled_file)
-    shape = input_shape_of(network)
+    shape = declared_input_shape(network)  # None: the shape of --inputs
+    if shape is None and not inputs:
+        raise UsageError(
+            f"{type(network).__name__} declares no input_shape; pass --inputs with samples "
+            "of the shape it takes (a .npy file, float32 (N, ...))"
+        )
     if old is not None and old.network not in (None, type(network).__name__):
         raise UsageError(
             f"{compare} benchmarks a {old.network}, this checkpoint holds a "
@@ -1947,6 +1960,8 @@ def bench_command(
             "first (e.g. cp it to old-bench.json) or write this run with --output_dir"
         )
     user_inputs = read_input_file(inputs, shape) if inputs else None
+    if shape is None and user_inputs is not None:
+        shape = tuple(user_inputs.shape[1:])
     check_writable_dir(out_dir)  # fail before minutes of timing; create it only to write
     clean_stale_partials(exports_dir)  # finish or undo what a killed export left
     weights = weights_sha256(network)

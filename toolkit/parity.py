@@ -427,8 +427,10 @@ def nonfinite_inputs(input_shape: tuple[int, ...], n: int = EDGE_BATCH) -> torch
     return x
 
 
-def read_inputs(source: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
+def read_inputs(source: Any, input_shape: tuple[int, ...] | None) -> torch.Tensor:
     """User inputs (a ``.npy``/``.pt`` path, array or tensor) as float32 (N, *input_shape).
+
+    ``input_shape`` None (a network that declares none) takes any shape (N, ...).
 
     Raises:
         UsageError: unreadable, not float32, or not of shape (N, *input_shape).
@@ -445,10 +447,14 @@ def read_inputs(source: Any, input_shape: tuple[int, ...]) -> torch.Tensor:
         source = torch.from_numpy(np.ascontiguousarray(source))
     if not isinstance(source, torch.Tensor):
         raise UsageError(f"inputs {name}: expected a float32 array, got {type(source).__name__}")
-    expected = f"(N, {', '.join(map(str, input_shape))})"
+    expected = f"(N, {', '.join(map(str, input_shape or ['...']))})"
     if source.dtype != torch.float32:
         raise UsageError(f"inputs {name}: expected float32 values, got {source.dtype}")
-    if source.ndim != len(input_shape) + 1 or tuple(source.shape[1:]) != tuple(input_shape):
+    if input_shape is None and source.ndim < 2:
+        raise UsageError(f"inputs {name}: expected shape {expected}, got {tuple(source.shape)}")
+    if input_shape is not None and (
+        source.ndim != len(input_shape) + 1 or tuple(source.shape[1:]) != tuple(input_shape)
+    ):
         raise UsageError(f"inputs {name}: expected shape {expected}, got {tuple(source.shape)}")
     if len(source) == 0:
         raise UsageError(f"inputs {name}: no samples (shape {tuple(source.shape)})")
@@ -918,7 +924,8 @@ def verify(
             ``min_agreement``, ``max_accuracy_drop``); reload rows stay bitwise.
         limit: Use only the first ``limit`` main-set samples.
         inputs: Own inputs instead of the test split: ``.npy``/``.pt`` path, array or tensor,
-            float32 of shape (N, *input_shape).
+            float32 of shape (N, *input_shape); for a network that declares no
+            ``input_shape``, of the shape it takes.
         dataset: Data set of the test split (default: the run's, from ``run.json``).
         data_dir: Folder with the IDX files (default: the run's ``--data_dir`` from
             ``run.json`` when neither this nor ``dataset`` is given).
@@ -936,7 +943,7 @@ def verify(
             artifact in ``exports`` was exported from other weights (before anything runs).
     """
     from toolkit.data import NUM_CLASSES, recorded_dataset, recorded_in
-    from toolkit.models import input_shape_of
+    from toolkit.models import declared_input_shape
     from toolkit.reload import RUN_INFO, load_network, read_json_object, text_fields
 
     checkpoint = Path(checkpoint)
@@ -952,7 +959,7 @@ def verify(
     weights = weights_sha256(reference_net)
     folders = artifact_folders(Path(exports)) if exports is not None else []
     refuse_other_weights(folders, weights, checkpoint, model, model_kwargs)
-    shape = input_shape_of(reference_net)
+    shape = declared_input_shape(reference_net)  # None: the inputs' own shape
     run_info = text_fields(read_json_object(checkpoint.parent / RUN_INFO))
     recorded_dir = None
     if dataset is None and data_dir is None:  # the data the run was trained on, as evaluate
@@ -962,6 +969,7 @@ def verify(
         dataset = recorded_dataset(run_info.get("dataset"), checkpoint.parent / RUN_INFO)
     with recorded_in(recorded_dir, data_dir):
         main, labels, described, split = _main_inputs(inputs, shape, dataset, data_dir, limit)
+    shape = tuple(main.shape[1:])
     sets = build_input_sets(main, shape)
     nonfinite_samples = len(main) - len(sets[0].x)
     if labels is not None:
@@ -1035,7 +1043,7 @@ def verify(
 
 def _main_inputs(
     inputs: Any,
-    shape: tuple[int, ...],
+    shape: tuple[int, ...] | None,
     dataset: str | None,
     data_dir: str | Path | None,
     limit: int | None,
@@ -1050,7 +1058,7 @@ def _main_inputs(
     dataset = dataset or DEFAULT_DATASET
     images, labels = load_split("test", dataset, data_dir)
     x = to_float(images[:limit])
-    if tuple(x.shape[1:]) != tuple(shape):
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise UsageError(
             f"the {dataset} test images have shape {tuple(x.shape[1:])}, the network takes "
             f"{shape}; pass --inputs with inputs of shape (N, {', '.join(map(str, shape))})"

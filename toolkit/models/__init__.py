@@ -16,7 +16,14 @@ from toolkit.models._registry import MODELS
 from toolkit.models.cnn import PyTorchCNN
 from toolkit.models.mlp import PyTorchMLP
 
-__all__ = ["MODELS", "PyTorchCNN", "PyTorchMLP", "build_model", "input_shape_of"]
+__all__ = [
+    "MODELS",
+    "PyTorchCNN",
+    "PyTorchMLP",
+    "build_model",
+    "declared_input_shape",
+    "input_shape_of",
+]
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -36,13 +43,19 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         raise UsageError(f"bad arguments for model '{name}': {message}") from None
 
 
+def declared_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The per-sample input shape a network declares (``input_shape`` attribute), or None."""
+    shape = getattr(model, "input_shape", None)
+    return None if shape is None else tuple(int(s) for s in shape)
+
+
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:
     """The per-sample input shape a network declares (``input_shape`` attribute)."""
-    shape = getattr(model, "input_shape", None)
+    shape = declared_input_shape(model)
     if shape is None:
         from toolkit.errors import UsageError
 
         raise UsageError(
             f"{type(model).__name__} has no input_shape; pass an example input explicitly"
         )
-    return tuple(int(s) for s in shape)
+    return shape
