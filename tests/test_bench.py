@@ -728,7 +728,8 @@ def test_bench_uses_verify_report_only_while_it_describes_the_artifacts(
         "onnxruntime (onnx)": "parity.json",
         "torchscript": "parity.json",
     }
-    assert "parity.json (fashion-mnist test, 32 samples) where it covers" in first.parity_source
+    scope = f"parity.json (fashion-mnist test from {idx_dir.resolve()}, 32 samples) where it"
+    assert scope in first.parity_source
     # onnx exported again after verify (same weights, new file): its row is checked afresh
     export_command(checkpoint, format="onnx", output_dir=str(exports), overwrite=True)
     report = B.bench_command(**quick)

@@ -351,10 +351,12 @@ def test_reload_rows_are_bitwise_equal(tiny_report: parity.ParityReport) -> None
 
 
 def test_report_json_and_markdown(
-    tiny_report: parity.ParityReport, trained_run: Path, tmp_path: Path
+    tiny_report: parity.ParityReport, trained_run: Path, idx_dir: Path, tmp_path: Path
 ) -> None:
     json_path, md_path = parity.write_report(tiny_report, tmp_path)
     data = json.loads(json_path.read_text())
+    # IDX files from a folder of one's own need not be the published test set: named
+    assert data["dataset"] == "fashion-mnist" and data["data_dir"] == str(idx_dir.resolve())
     assert data["passed"] is True and data["eps"] == EPS
     assert data["schema_version"] == 2 and data["versions"]["torch"]
     assert data["checkpoint_sha256"] == sha256_file(trained_run / "model.ckpt")
@@ -365,6 +367,7 @@ def test_report_json_and_markdown(
     )
     text = md_path.read_text()
     assert text.startswith("# Parity report: PASS")
+    assert f"- Inputs: fashion-mnist test from {idx_dir.resolve()}, " in text
     assert f"eps = {EPS:g}" in text and "| reload:model.pt |" in text
     assert not list(tmp_path.glob(".*partial"))
 

@@ -1202,6 +1202,8 @@ def _parity_scope(path: Path) -> str:
     data = read_json_object(path)
     samples, dataset = data.get("samples"), data.get("dataset")
     what = " ".join(str(v) for v in (dataset, data.get("split")) if isinstance(v, str))
+    if what and isinstance(data.get("data_dir"), str):
+        what += f" from {data['data_dir']}"
     count = f"{samples:,} samples" if isinstance(samples, int) else "samples not recorded"
     return f"{what}, {count}" if what else count
 

@@ -342,6 +342,9 @@ class ParityReport:
 
     ``checkpoint_sha256`` is the sha256 of the checkpoint file the reference was built from,
     so a reader (``toolkit bench``) can tell whether the report is about the same weights.
+    ``data_dir`` is the folder the test split was read from when one was given (``None``:
+    the data set's own files, found in the cache or the system folder): files of the data
+    set's format anywhere else need not hold its published test set.
     """
 
     checkpoint: str
@@ -363,6 +366,7 @@ class ParityReport:
     notes: list[str] = dataclasses.field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     checkpoint_sha256: str | None = None
+    data_dir: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -1038,6 +1042,7 @@ def verify(
         versions=environment(),
         notes=notes,
         checkpoint_sha256=checkpoint_sha256,
+        data_dir=str(Path(data_dir).resolve()) if data_dir is not None and split else None,
     )
 
 
@@ -1178,6 +1183,8 @@ def print_report(report: ParityReport, file: Any = None) -> None:
 
 def _inputs_line(report: ParityReport) -> str:
     what = f"{report.dataset} {report.split}" if report.split else report.dataset
+    if report.data_dir:
+        what += f" from {report.data_dir}"
     acc = (
         f", reference accuracy {report.reference_accuracy * 100:.2f}%"
         if report.reference_accuracy is not None
