@@ -1384,3 +1384,25 @@ def test_a_network_without_input_shape_is_benchmarked_on_own_inputs(
     np.save(inputs, np.ones((8, 12), np.float32))
     report = B.bench_command(**quick, inputs=str(inputs))
     assert report.row("eager", "cpu", 2).parity == "PASS"
+
+
+def test_a_single_column_network_is_refused_before_any_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The quick check after the sweep refused it, after minutes of timing.
+    weights = tmp_path / "one.pt"
+    torch.save(build_model("mlp", num_classes=1).state_dict(), weights)
+
+    def timed(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("timed before refusing")
+
+    monkeypatch.setattr(B, "measure", timed)
+    with pytest.raises(UsageError, match=r"single score per sample \(shape \(2, 1\)\)"):
+        B.bench_command(
+            str(weights),
+            runtimes="eager,torch-compile",
+            model="mlp",
+            model_kwargs={"num_classes": 1},
+            output_dir=str(tmp_path / "out"),
+        )
+    assert not (tmp_path / "out").exists()

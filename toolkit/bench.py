@@ -1217,6 +1217,23 @@ def _format_tolerance(fmt: str | None) -> tuple[float, float, bool, float]:
     return DEFAULT_ATOL, DEFAULT_RTOL, False, 1.0
 
 
+def _refuse_unjudgeable(network: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse a network whose outputs are not (batch, classes >= 2) before any timing:
+    :func:`quick_parity` could not judge the other runtimes' labels. A network that
+    cannot run on such a batch is left to its eager row to report."""
+    from toolkit.parity import class_scores_problem
+
+    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(1234))
+    try:
+        with torch.no_grad():
+            shape = tuple(network(x).shape)
+    except Exception:  # eager's row says why it failed
+        return
+    problem = class_scores_problem(shape, 2)
+    if problem is not None:
+        raise UsageError(f"the network {problem} (bench checks the other runtimes' labels)")
+
+
 def quick_parity(
     lives: Sequence[_Live], input_shape: tuple[int, ...], batch: int
 ) -> dict[str, tuple[str, str]]:
@@ -1971,6 +1988,8 @@ def bench_command(
         wanted = [f for f in artifact_folders(exports_dir) if _folder_wanted(f, names)]
         refuse_other_weights(wanted, weights, ckpt, model, model_kwargs)
     specs, skipped = discover_runtimes(network, exports_dir, names, weights)
+    if len(specs) > 1:  # the quick check after timing would refuse it: say so before
+        _refuse_unjudgeable(network, shape)
     parity_path = exports_dir / PARITY_JSON
 
     def progress(line: str) -> None:
