@@ -252,6 +252,24 @@ def test_nan_outputs_fail_and_batch_dependence_fails(synthetic) -> None:
     assert any("depend on the batch" in r for r in row.reasons)
 
 
+def test_zero_tolerances_are_the_strictest_for_batch_invariance_too(synthetic) -> None:
+    # --atol 0 --rtol 0 once fell back to the defaults for batch invariance only, so 0
+    # passed outputs that depend on the batch and 1e-9 failed them.
+    net = synthetic[0]
+
+    def drifting(x: torch.Tensor) -> torch.Tensor:
+        return net(x) + (1e-6 if len(x) == 1 else 0.0)
+
+    def judged(tolerance: float) -> ParityRow:
+        tol = Tolerances(atol=tolerance, rtol=tolerance, min_agreement=1.0, max_accuracy_drop=0.0)
+        return _judge(synthetic, drifting, tol)
+
+    zero, tiny = judged(0.0), judged(1e-9)
+    assert zero.batch_invariance_violations == tiny.batch_invariance_violations > 0
+    assert any("depend on the batch" in r for r in zero.reasons)
+    assert judged(1e-4).batch_invariance_violations == 0
+
+
 def test_a_runtime_unavailable_here_skips_its_row_and_a_broken_one_fails(synthetic) -> None:
     """verify --device cuda with a CPU-only onnxruntime failed every ONNX row, where bench
     skips the runtime as not applicable; a runtime that breaks while loading still fails."""
