@@ -1406,3 +1406,17 @@ def test_a_single_column_network_is_refused_before_any_timing(
             output_dir=str(tmp_path / "out"),
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_parity_scope_names_overridden_tolerances(tmp_path: Path) -> None:
+    # "fastest correct" resting on `verify --atol 1e9 ...` said nothing of the override.
+    path = tmp_path / "parity.json"
+    data = {"dataset": "fashion-mnist", "split": "test", "samples": 500, "overrides": {}}
+    path.write_text(json.dumps(data))
+    assert B._parity_scope(path) == "fashion-mnist test, 500 samples"
+    data["overrides"] = {"rtol": 1e9, "atol": 1e9, "min_agreement": 0.0}
+    path.write_text(json.dumps(data))
+    assert B._parity_scope(path) == (
+        "fashion-mnist test, 500 samples, tolerances overridden: atol 1e+09, min_agreement 0, "
+        "rtol 1e+09"
+    )

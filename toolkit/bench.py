@@ -1196,7 +1196,8 @@ def _judged_by_labels(fmt: str | None) -> bool:
 
 def _parity_scope(path: Path) -> str:
     """What a ``parity.json`` checked, e.g. ``fashion-mnist test, 500 samples``: a PASS from
-    ``verify --limit 500`` is not one from the whole split."""
+    ``verify --limit 500`` is not one from the whole split, nor one under tolerances that
+    ``verify --atol ...`` overrode (named: "correct" then means correct by those)."""
     from toolkit.reload import read_json_object
 
     data = read_json_object(path)
@@ -1205,7 +1206,15 @@ def _parity_scope(path: Path) -> str:
     if what and isinstance(data.get("data_dir"), str):
         what += f" from {data['data_dir']}"
     count = f"{samples:,} samples" if isinstance(samples, int) else "samples not recorded"
-    return f"{what}, {count}" if what else count
+    scope = f"{what}, {count}" if what else count
+    overrides = data.get("overrides")
+    if isinstance(overrides, dict) and overrides:
+        given = ", ".join(
+            f"{name} {value:g}" if isinstance(value, int | float) else f"{name} {value}"
+            for name, value in sorted(overrides.items())
+        )
+        scope += f", tolerances overridden: {given}"
+    return scope
 
 
 def _format_tolerance(fmt: str | None) -> tuple[float, float, bool, float]:
