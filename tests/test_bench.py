@@ -424,6 +424,13 @@ def test_verdict_says_whether_the_winner_beats_the_runner_up() -> None:
     assert (clear.runtime, clear.runner_up, clear.tied) == ("a", "c", False)
     assert clear.runner_up_ratio == pytest.approx(1.5, rel=0.03)
     assert clear.runner_up_ci[0] > 1.0 and "1.50x faster than c [CI" in clear.text
+    # barely but clearly faster: the interval is not printed as [CI 1.00-...], like a tie
+    close = [_row("eager", 100.0), _row("a", 20.0), _row("d", 20.06)]
+    narrow = {r.key: [np.full(400, r.p50_us)] * 3 for r in close}
+    (barely,) = B.choose_verdicts(close, ["cpu"], [1], narrow)
+    lo = barely.runner_up_ci[0]
+    assert barely.tied is False and 1.0 < lo < 1.005 and "[CI 1.00–" not in barely.text
+    assert f"{barely.runner_up_ratio:.3f}x faster than d [CI {lo:.3f}–" in barely.text
     (alone,) = B.choose_verdicts([_row("eager", 100.0, "FAIL"), rows[1]], ["cpu"], [1], samples)
     assert alone.runner_up is None and alone.tied is None and "tied" not in alone.text
 

@@ -1403,13 +1403,19 @@ def choose_verdicts(
                     "runner_up_ci": [lo, hi],
                     "tied": tied,
                 }
-                ci_text = f"{ratio:.2f}x [CI {lo:.2f}–{hi:.2f}]"
+                # digits enough that a bound just off 1 does not print as 1.00, like a tie
+                d = next(
+                    (d for d in (2, 3, 4) if tied or 1.0 not in (round(lo, d), round(hi, d))), 4
+                )
+                ci_text = f"{ratio:.{d}f}x [CI {lo:.{d}f}–{hi:.{d}f}]"
                 if tied:
                     text += f"; tied with {runner.label} within noise ({ci_text})"
                 elif hi < 1.0:  # lower pooled p50, yet slower round by round: say so
                     text += f"; but {runner.label} was faster round by round ({ci_text})"
                 else:
-                    text += f"; {ratio:.2f}x faster than {runner.label} [CI {lo:.2f}–{hi:.2f}]"
+                    text += (
+                        f"; {ratio:.{d}f}x faster than {runner.label} [CI {lo:.{d}f}–{hi:.{d}f}]"
+                    )
             if excluded:
                 text += f"; faster but not passing: {', '.join(excluded)}"
             verdicts.append(
