@@ -904,11 +904,9 @@ def check_inputs(inputs: Any, input_shape: tuple[int, ...] | None) -> torch.Tens
         raise UsageError(f"bench inputs must be a float32 array, got {type(inputs).__name__}")
     if inputs.dtype != torch.float32:
         raise UsageError(f"bench inputs must be float32 {expected}, got dtype {inputs.dtype}")
-    if (
-        inputs.ndim < 2
-        if input_shape is None
-        else inputs.ndim != len(input_shape) + 1 or tuple(inputs.shape[1:]) != tuple(input_shape)
-    ):
+    from toolkit.parity import fits_input_shape
+
+    if not fits_input_shape(inputs.shape, input_shape):
         raise UsageError(
             f"bench inputs must have shape {expected} for this model, got {tuple(inputs.shape)}"
         )

@@ -431,6 +431,14 @@ def nonfinite_inputs(input_shape: tuple[int, ...], n: int = EDGE_BATCH) -> torch
     return x
 
 
+def fits_input_shape(shape: Sequence[int], input_shape: Sequence[int] | None) -> bool:
+    """Whether a batch of ``shape`` is (N, *input_shape); ``input_shape`` None (a network
+    that declares none): any batch of at least two dimensions (N, ...)."""
+    if input_shape is None:
+        return len(shape) >= 2
+    return len(shape) == len(input_shape) + 1 and tuple(shape[1:]) == tuple(input_shape)
+
+
 def read_inputs(source: Any, input_shape: tuple[int, ...] | None) -> torch.Tensor:
     """User inputs (a ``.npy``/``.pt`` path, array or tensor) as float32 (N, *input_shape).
 
@@ -454,11 +462,7 @@ def read_inputs(source: Any, input_shape: tuple[int, ...] | None) -> torch.Tenso
     expected = f"(N, {', '.join(map(str, input_shape or ['...']))})"
     if source.dtype != torch.float32:
         raise UsageError(f"inputs {name}: expected float32 values, got {source.dtype}")
-    if input_shape is None and source.ndim < 2:
-        raise UsageError(f"inputs {name}: expected shape {expected}, got {tuple(source.shape)}")
-    if input_shape is not None and (
-        source.ndim != len(input_shape) + 1 or tuple(source.shape[1:]) != tuple(input_shape)
-    ):
+    if not fits_input_shape(source.shape, input_shape):
         raise UsageError(f"inputs {name}: expected shape {expected}, got {tuple(source.shape)}")
     if len(source) == 0:
         raise UsageError(f"inputs {name}: no samples (shape {tuple(source.shape)})")
