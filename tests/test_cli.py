@@ -223,28 +223,39 @@ def test_empty_run_name_with_overwrite_keeps_the_output_folder(tmp_path: Path) -
     ("signum", "code", "line"),
     [(signal.SIGINT, 130, "toolkit: interrupted"), (signal.SIGTERM, 143, "toolkit: terminated")],
 )
+@pytest.mark.parametrize("workers", [0, 2])
 def test_signal_while_training(
-    tmp_path: Path, idx_dir: Path, signum: int, code: int, line: str
+    tmp_path: Path, idx_dir: Path, signum: int, code: int, line: str, workers: int
 ) -> None:
     """Ctrl-C once exited 1 (Lightning's sys.exit) and SIGTERM 0; now 130 and 143, with the
-    earlier run that --overwrite would replace left as it was."""
+    earlier run that --overwrite would replace left as it was.
+
+    With DataLoader workers the signal goes to the whole process group, as a terminal's
+    Ctrl-C or a job runner's stop does: the workers' death once replaced the stop with
+    ``RuntimeError: DataLoader worker ... is killed by signal`` and a traceback (exit 1).
+    """
     out = tmp_path / "runs"
     (out / "r").mkdir(parents=True)
     (out / "r" / "run.json").write_text("{}")
     args = ["train", "--data_dir", str(idx_dir), "--output_dir", str(out), "--run_name", "r"]
-    args += ["--trainer.accelerator", "cpu"]
+    args += ["--trainer.accelerator", "cpu", "--num_workers", str(workers)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "toolkit", *args, "--overwrite", "--max_epochs", "100000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=workers > 0,
     )
     try:
         deadline = time.monotonic() + 60
         while not list(out.glob(".r.*.partial/metrics.csv")):  # an epoch has ended
             assert proc.poll() is None and time.monotonic() < deadline, "training never started"
             time.sleep(0.05)
-        proc.send_signal(signum)
+        if workers:
+            time.sleep(0.2)  # well inside an epoch, with the workers serving batches
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

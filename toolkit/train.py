@@ -236,15 +236,34 @@ def _stops_as_errors(what: str) -> Iterator[None]:
     except SIGTERMException:
         raise TerminatedError(f"terminated (SIGTERM); {what}") from None
     except SystemExit as exc:
-        if isinstance(exc.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1)
-            raise KeyboardInterrupt from None
+        _raise_stop_behind(exc, what)  # Lightning's sys.exit(1) after a KeyboardInterrupt
         raise
-    except MisconfigurationException as exc:  # a Trainer or callback option, found in fit
-        raise UsageError(f"bad Trainer option: {first_line(exc)}; {what}") from None
-    except (ValueError, RuntimeError) as exc:
-        if not _raised_by_lightning_checks(exc):
-            raise
-        raise UsageError(f"bad Trainer option: {first_line(exc)}; {what}") from None
+    except Exception as exc:
+        _raise_stop_behind(exc, what)
+        if isinstance(exc, MisconfigurationException):  # an option, found in fit
+            raise UsageError(f"bad Trainer option: {first_line(exc)}; {what}") from None
+        if isinstance(exc, (ValueError, RuntimeError)) and _raised_by_lightning_checks(exc):
+            raise UsageError(f"bad Trainer option: {first_line(exc)}; {what}") from None
+        raise
+
+
+def _raise_stop_behind(exc: BaseException, what: str) -> None:
+    """Raise the stop that ``exc`` was raised while handling, if any.
+
+    When Ctrl-C or SIGTERM reaches the whole process group, DataLoader workers die with it
+    and torch raises ``RuntimeError: DataLoader worker ... is killed by signal`` while the
+    main process is still handling its own ``KeyboardInterrupt`` or ``TerminatedError``.
+    That error is a consequence of the stop, not a fault of its own.
+    """
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (TerminatedError, SIGTERMException)):
+            raise TerminatedError(f"terminated (SIGTERM); {what}") from None
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        cause = cause.__context__
 
 
 def _raised_by_lightning_checks(exc: BaseException) -> bool:
