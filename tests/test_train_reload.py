@@ -158,6 +158,37 @@ def test_default_run_name_never_reuses_a_folder(tmp_path: Path, idx_dir: Path) -
     assert Path(second.run_dir).name == "mlp-fashion-mnist-v2"
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_run_alongside_taking_the_default_name_moves_this_one_on(
+    tmp_path: Path, idx_dir: Path, monkeypatch, overwrite: bool
+) -> None:
+    """Two runs started together chose the same free name; the one that finished second
+    failed with 'already exists' after training (or, with --overwrite, replaced the other)."""
+    import toolkit.train
+
+    accuracies = toolkit.train._accuracies
+
+    def other_run_publishes(*args, **kwargs):
+        other = tmp_path / "mlp-fashion-mnist"
+        other.mkdir()
+        (other / "run.json").write_text('{"other": true}')
+        return accuracies(*args, **kwargs)
+
+    monkeypatch.setattr(toolkit.train, "_accuracies", other_run_publishes)
+    result = train(
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        overwrite=overwrite,
+        trainer={"limit_train_batches": 2, "limit_val_batches": 1},
+    )
+    run_dir = Path(result.run_dir)
+    assert run_dir == tmp_path / "mlp-fashion-mnist-v2"
+    assert json.loads((run_dir / "run.json").read_text())["run_dir"] == str(run_dir)
+    assert (tmp_path / "mlp-fashion-mnist" / "run.json").read_text() == '{"other": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp-fashion-mnist", run_dir.name]
+
+
 def test_evaluate_prints_the_tutorial_line(run, idx_dir: Path, capsys) -> None:
     result = evaluate(checkpoint=str(Path(run.run_dir) / "model.ckpt"), data_dir=str(idx_dir))
     line = capsys.readouterr().out.strip().splitlines()[-1]

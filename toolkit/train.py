@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -836,6 +837,7 @@ def _train(
                     batch_size,
                     trainer,
                     overwrite,
+                    auto_named=run_name is None,
                 )
         finally:
             if not staged:
@@ -856,6 +858,7 @@ def _train_into(
     batch_size: int,
     trainer_options: dict[str, Any] | None,
     overwrite: bool,
+    auto_named: bool,
 ) -> TrainResult:
     pl_trainer = _trainer(staging, max_epochs, seed, trainer_options)
     # With DDP each process trains on its share of the split.
@@ -910,9 +913,21 @@ def _train_into(
     # No metrics.csv without a CSV logger (a logger of the user's, logger=False) or when no
     # step was logged (fast_dev_run, limit_train_batches=0, max_epochs=0).
     result.files = {key: name for key, name in _FILES.items() if (staging / name).is_file()}
-    write_json(staging / RUN_INFO, result.to_json())
-    publish_dir(staging, run_dir, overwrite)
-    return result
+    while True:
+        write_json(staging / RUN_INFO, result.to_json())
+        try:
+            # An automatic name was free when chosen; it never replaces a folder.
+            publish_dir(staging, run_dir, overwrite and not auto_named)
+            return result
+        except OutputExistsError:
+            if not auto_named:
+                raise
+        except OSError as exc:  # it was published between the check and the rename
+            if not auto_named or exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        # A run started alongside took the name while this one trained: take the next one.
+        run_dir = _resolve_run_dir(run_dir.parent, None, f"{model}-{dataset}", False)
+        result.run_dir = str(run_dir)
 
 
 def _cut_short(trainer: L.Trainer) -> tuple[int, int] | None:
