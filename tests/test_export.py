@@ -200,6 +200,10 @@ def test_reduced_precision_formats_hold_reduced_precision_weights(mlp_exports: t
         assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert onnx.TensorProto.INT8 in {i.data_type for i in int8.initializer}
     assert {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in int8.node}
+    from toolkit.formats.onnx import onnx_precision
+
+    for fmt in ("onnx", "onnx-fp16", "onnx-int8"):  # what verify and bench check on load
+        assert onnx_precision(out / fmt / manifests[fmt].model_file) == FORMATS.get(fmt).kind
 
 
 def test_the_source_checkpoint_is_recorded_as_an_absolute_path(

@@ -661,6 +661,23 @@ def test_tampered_artifact_fails_its_integrity_check(
     assert rows["torchscript"].status == PASS
 
 
+def test_a_manifest_edited_to_another_onnx_format_fails_its_row(
+    trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    """'format': 'onnx' edited to 'onnx-int8' once judged the fp32 graph by int8's loose
+    label tolerances; the graph itself now has to be int8."""
+    exports = _copy(artifacts, tmp_path)
+    manifest = exports / "onnx" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["format"] = "onnx-int8"
+    manifest.write_text(json.dumps(data))
+    report = verify(trained_run / "model.ckpt", exports, data_dir=idx_dir, limit=32)
+    rows = _rows(report)
+    assert {r.name for r in report.failing_rows()} == {"onnx"}
+    assert "holds an fp32 graph, but its manifest says format 'onnx-int8'" in rows["onnx"].error
+    assert rows["torchscript"].status == PASS
+
+
 def test_a_manifest_that_is_a_folder_fails_its_row(
     trained_run: Path, idx_dir: Path, artifacts: Path, tmp_path: Path
 ) -> None:

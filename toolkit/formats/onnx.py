@@ -51,6 +51,48 @@ def import_onnx() -> Any:
     return onnx
 
 
+#: Ops that only a quantized graph holds (onnxruntime's quantize_dynamic and QDQ forms).
+_QUANTIZED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+    }
+)
+
+
+def onnx_precision(path: Path) -> str:
+    """What an ONNX file computes in: "int8", "fp16" or "fp32", read from its graph.
+
+    "int8" when it holds quantization ops or int8/uint8 weights, "fp16" when it holds half
+    weights or casts to half, else "fp32". External weight data is not read: the tensor
+    types are in the graph itself.
+    """
+    onnx = import_onnx()
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = {node.op_type for node in graph.node}
+    types = {tensor.data_type for tensor in graph.initializer}
+    if ops & _QUANTIZED_OPS or types & {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}:
+        return "int8"
+    half = onnx.TensorProto.FLOAT16
+    casts = (
+        attr.i
+        for node in graph.node
+        if node.op_type == "Cast"
+        for attr in node.attribute
+        if attr.name == "to"
+    )
+    if half in types or half in casts:
+        return "fp16"
+    return "fp32"
+
+
 @contextlib.contextmanager
 def quiet_export() -> Iterator[None]:
     """Silence the exporters' deprecation noise and progress prints (they go to stdout)."""
@@ -259,6 +301,8 @@ class OnnxFormat(Format):
     name = "onnx"
     runtime = "onnxruntime"
     suffix = ".onnx"
+    #: What the graph computes in, as :func:`onnx_precision` reads it ("fp32", "fp16", "int8").
+    kind: ClassVar[str] = "fp32"
     #: What turns the fp32 export into this format, for the manifest's exporter field.
     tool: ClassVar[str | None] = None
     #: One line for the manifest's notes.
@@ -323,8 +367,6 @@ class DerivedOnnxFormat(OnnxFormat):
     """
 
     judged_by_labels = True
-    #: Short name for messages ("fp16", "int8").
-    kind: ClassVar[str]
 
     def write(
         self,

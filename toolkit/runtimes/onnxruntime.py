@@ -16,6 +16,7 @@ import torch
 
 from toolkit.errors import (
     CheckpointError,
+    IntegrityError,
     MissingDependencyError,
     RuntimeUnavailableError,
     first_line,
@@ -82,7 +83,30 @@ class OnnxRuntimeRunner(ArtifactRunner):
         options.log_severity_level = 3
         return options
 
+    def _check_precision(self, path: Path) -> None:
+        """The graph must compute in the precision its manifest's format stands for.
+
+        The format picks the parity tolerances: an fp32 graph whose manifest was edited to
+        say ``onnx-int8`` would otherwise be judged by int8's loose ones.
+        """
+        from toolkit.formats import FORMATS
+        from toolkit.formats.onnx import onnx_precision
+
+        expected = getattr(FORMATS.get(self.manifest.format), "kind", None)
+        if expected is None:
+            return
+        try:
+            found = onnx_precision(path)
+        except Exception:  # not a readable graph: onnxruntime's load names the problem
+            return
+        if found != expected:
+            raise IntegrityError(
+                f"{path} holds an {found} graph, but its manifest says format "
+                f"'{self.manifest.format}' ({expected}); export it again"
+            )
+
     def _load_artifact(self, path: Path) -> None:
+        self._check_precision(path)
         ort = import_onnxruntime()
         providers = self.providers(ort)
         try:
