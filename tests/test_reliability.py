@@ -598,3 +598,23 @@ def test_damaged_artifacts_fail_their_rows(
     assert len(error) == 1
     for row in ("onnx", "exported-program", "torchscript"):  # every failing row is named
         assert re.search(rf"(: |, ){re.escape(row)}( \(|,|;)", error[0]), (row, error[0])
+
+
+def test_paths_that_are_not_utf8_are_refused_before_anything_runs(
+    tmp_path: Path, trained_run: Path
+) -> None:
+    """Linux allows such names, torch and onnx do not: export --format all once aborted the
+    interpreter inside torch.export's C++ writer (exit 134), and the ONNX checker and the
+    markdown reports raised tracebacks."""
+    odd = os.fsdecode(b"odd\xff")
+    checkpoint = str(trained_run / "model.ckpt")
+    proc = run_cli("export", "--checkpoint", checkpoint, "--output_dir", str(tmp_path / odd))
+    assert_one_line_error(proc, 2, "--output_dir is not valid UTF-8", "odd\\xff")
+    proc = run_cli("train", "--output_dir", str(tmp_path / "runs"), "--run_name", odd)
+    assert_one_line_error(proc, 2, "--run_name is not valid UTF-8 (odd\\xff)")
+    # A relative path inside a folder whose own name is not UTF-8 is no better.
+    (tmp_path / odd).mkdir()
+    proc = run_cli("export", "--checkpoint", checkpoint, "--format", "onnx", cwd=tmp_path / odd)
+    assert_one_line_error(proc, 1, "cannot write", "odd\\xff", "the path is not valid UTF-8")
+    assert [p.name for p in tmp_path.iterdir()] == [odd]
+    assert list((tmp_path / odd).iterdir()) == []

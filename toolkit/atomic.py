@@ -36,9 +36,30 @@ def output_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason}; earlier outputs were left as they were")
 
 
+def is_utf8_path(path: str | Path) -> bool:
+    """Whether ``path``, made absolute, is valid UTF-8.
+
+    Linux allows any bytes in a file name, but torch's and onnx's C++ file writers and the
+    UTF-8 reports do not: torch.export aborted the whole process on such an output path.
+    """
+    try:
+        str(Path(path).absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` for a message, with bytes that are not UTF-8 escaped (``\\xff``)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def ensure_writable_dir(folder: str | Path) -> Path:
     """Create ``folder`` if needed and check, by creating a file, that it is writable."""
     folder = Path(folder)
+    if not is_utf8_path(folder):
+        shown = shown_path(folder.absolute())
+        raise OutputError(f"cannot write {shown}: the path is not valid UTF-8")
     if os.path.lexists(folder) and not folder.is_dir():
         raise OutputError(f"cannot write {folder}: it is a file, not a folder")
     try:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from toolkit.atomic import is_utf8_path, shown_path
 from toolkit.errors import TerminatedError, ToolkitError, UsageError
 
 #: command name → "module:function", imported when the parser is built.
@@ -168,6 +169,14 @@ def _call(parser: Any, cfg: Any) -> Any:
     kwargs = _instantiate(parser, cfg)[command].as_dict()
     for key in ("config", "__path__", "print_config"):
         kwargs.pop(key, None)
+    for name in (*_PATH_OPTIONS, "run_name"):
+        value = kwargs.get(name)
+        if isinstance(value, str) and not is_utf8_path(value):  # torch.export aborts on it
+            shown = shown_path(value if name == "run_name" else os.path.abspath(value))
+            raise UsageError(
+                f"--{name} is not valid UTF-8 ({shown}), which torch and onnx cannot open; "
+                "rename the file or folder"
+            )
     for name in _PATH_OPTIONS:
         if isinstance(kwargs.get(name), str) and not kwargs[name].strip():
             raise UsageError(f"--{name} must not be empty; give a path or leave it out")
