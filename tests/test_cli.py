@@ -499,3 +499,22 @@ def test_export_and_bench_start_without_lightning(trained_run: Path, tmp_path: P
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines()[-1] == "False", f"{argv[0]} imported lightning"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_signal_after_the_command_ended_keeps_its_exit_status(signum: int, code: int) -> None:
+    """A finished (published) run once exited 130 or 143 when Ctrl-C or SIGTERM came during
+    the interpreter's shutdown, as if it had been stopped; now it exits with its own code."""
+    script = (
+        "import atexit, os, sys, time\n"
+        "from toolkit import cli\n"
+        f"cli.main = lambda: (print('done'), {code})[1]\n"
+        f"atexit.register(lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(5)))\n"
+        "cli.entry_point()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == "done\n" and proc.stderr == ""

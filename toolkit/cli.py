@@ -16,7 +16,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
@@ -336,6 +336,25 @@ def _say_once(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def _exit_at_once(code: int) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    return handler
+
+
 def entry_point() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point.
+
+    Once the command has ended (its outputs published, its result printed), Ctrl-C or
+    SIGTERM during the interpreter's shutdown (about a second with torch loaded) ends the
+    process at once with the command's own exit status: before, a finished run exited 130
+    or 143 without a word, as if nothing had been written.
+    """
+    code = main()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_at_once(code))
+    sys.exit(code)
