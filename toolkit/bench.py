@@ -745,6 +745,9 @@ class BenchReport:
                 return f"row {row.runtime!r} has a p50_us of {row.p50_us}, not above 0"
             if not numbers(row.quantiles_us) or not numbers(row.round_p50s_us):
                 return f"row {row.runtime!r} has quantiles_us or round_p50s_us not numbers"
+            problem = _sketch_problem(row)
+            if problem:
+                return f"row {row.runtime!r} {problem}"
         return None
 
     def row(self, runtime: str, device: str, batch: int, format: str | None = None) -> BenchRow:
@@ -753,6 +756,27 @@ class BenchReport:
             if row.key == (runtime, format, device, batch):
                 return row
         raise KeyError((runtime, format, device, batch))
+
+
+def _sketch_problem(row: BenchRow) -> str | None:
+    """What makes a row's ``quantiles_us`` unusable with its ``p50_us``, if anything.
+
+    ``--compare`` takes the point estimate from ``p50_us`` and the interval from the
+    percentiles: a hand-edited p50 that is not their median was judged by the percentiles
+    alone, without a word.
+    """
+    q = np.asarray(row.quantiles_us, dtype=np.float64)
+    if q.size != SKETCH_PERCENTILES.size:
+        return f"has {q.size} quantiles_us, expected {SKETCH_PERCENTILES.size} (percentiles 0-100)"
+    if not np.isfinite(q).all() or q[0] < 0 or (np.diff(q) < -1e-3).any():
+        return "has quantiles_us that are not increasing times"
+    median = float(q[SKETCH_PERCENTILES.size // 2])
+    if abs(median - row.p50_us) > 1e-3 + 1e-6 * abs(row.p50_us):  # quantiles keep 4 decimals
+        return (
+            f"has a p50_us of {row.p50_us:g} but its quantiles_us put the median at "
+            f"{median:g}; was it edited?"
+        )
+    return None
 
 
 def _is_number(value: Any) -> bool:
