@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import OutputError, OutputExistsError
+from toolkit.errors import OutputError, OutputExistsError, raise_if_stopped
 
 
 def leftover_name(path: Path, kind: str = "partial") -> Path:
@@ -132,6 +132,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = leftover_name(path)
     try:
         yield tmp
+        raise_if_stopped()
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
@@ -157,6 +158,7 @@ def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
     temporary = [leftover_name(p) for p in finals]
     try:
         yield temporary
+        raise_if_stopped()
         for final in finals:
             if final.is_dir() and not final.is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "it is a folder", str(final))
@@ -360,6 +362,7 @@ def publish_dirs(moves: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
     moves = [(Path(staging), Path(final)) for staging, final in moves]
     for _, final in moves:
         check_new(final, overwrite)
+    raise_if_stopped()
     aside: list[tuple[Path, Path]] = []  # (final, old)
     placed: list[tuple[Path, Path]] = []  # (staging, final)
     try:

@@ -21,7 +21,13 @@ from types import FrameType
 from typing import Any
 
 from toolkit.atomic import is_utf8_path, shown_path
-from toolkit.errors import TerminatedError, ToolkitError, UsageError
+from toolkit.errors import (
+    TerminatedError,
+    ToolkitError,
+    UsageError,
+    raise_if_stopped,
+    request_stop,
+)
 
 #: command name → "module:function", imported when the parser is built.
 COMMANDS: dict[str, str] = {
@@ -52,6 +58,7 @@ _TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    request_stop()  # for raise_if_stopped, should a library swallow the exception
     raise TerminatedError("terminated")
 
 
@@ -62,6 +69,7 @@ def _sigterm_raises() -> Iterator[None]:
 
     Lightning chains its own SIGTERM handler before this one while it trains.
     """
+    request_stop(False)
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: signals cannot be handled here
@@ -71,6 +79,7 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        request_stop(False)
 
 
 def _function(spec: str) -> Callable[..., Any]:
@@ -300,6 +309,7 @@ def _main(argv: list[str] | None) -> int:
             parser.print_help()
             return 2
         _call(parser, cfg)
+        raise_if_stopped()  # SIGTERM came, but a library swallowed its exception
     except TerminatedError as exc:
         _say_once("toolkit: terminated")
         return exc.exit_code

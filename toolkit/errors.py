@@ -85,6 +85,26 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+_stop = {"requested": False}
+
+
+def request_stop(requested: bool = True) -> None:
+    """Record that SIGTERM came (or, with False, forget it: a new command starts)."""
+    _stop["requested"] = requested
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`TerminatedError` if SIGTERM came, even if its exception was lost.
+
+    The handler raises at once, but a library can swallow that exception (a handler that
+    runs inside a finalizer or a ``torch.compile`` callback is printed as "Exception
+    ignored" and dropped): a terminated bench then went on and published its report.
+    Everything that publishes an output calls this first.
+    """
+    if _stop["requested"]:
+        raise TerminatedError("terminated")
+
+
 class TerminatedError(BaseException):
     """The process got SIGTERM. The CLI prints ``toolkit: terminated`` and exits 143
     (128 + SIGTERM, as a shell reports a process killed by it).
