@@ -503,14 +503,25 @@ def test_export_and_bench_start_without_lightning(trained_run: Path, tmp_path: P
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("code", [0, 1])
-def test_a_signal_after_the_command_ended_keeps_its_exit_status(signum: int, code: int) -> None:
-    """A finished (published) run once exited 130 or 143 when Ctrl-C or SIGTERM came during
-    the interpreter's shutdown, as if it had been stopped; now it exits with its own code."""
+@pytest.mark.parametrize("when", ["atexit", "teardown"])
+def test_a_signal_after_the_command_ended_keeps_its_exit_status(
+    signum: int, code: int, when: str
+) -> None:
+    """A finished (published) run once exited 130 or 143, or was killed by the signal, when
+    Ctrl-C or SIGTERM came while Python shut down (about a second with torch loaded; Python
+    restores the default handlers before it tears modules down), as if it had been stopped;
+    now it exits with its own code."""
+    signal_now = f"(os.kill(os.getpid(), {int(signum)}), time.sleep(5))"
+    late = {
+        "atexit": f"atexit.register(lambda: {signal_now})\n",
+        # An object that a module still holds is finalized in the module teardown.
+        "teardown": f"class Late:\n    def __del__(self):\n        {signal_now}\nlate = Late()\n",
+    }[when]
     script = (
         "import atexit, os, sys, time\n"
         "from toolkit import cli\n"
         f"cli.main = lambda: (print('done'), {code})[1]\n"
-        f"atexit.register(lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(5)))\n"
+        f"{late}"
         "cli.entry_point()\n"
     )
     proc = subprocess.run(

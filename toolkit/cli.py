@@ -10,6 +10,7 @@ without publishing a half-made output.
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import os
 import signal
@@ -359,12 +360,15 @@ def _exit_at_once(code: int) -> Callable[[int, FrameType | None], None]:
 def entry_point() -> None:
     """Console-script entry point.
 
-    Once the command has ended (its outputs published, its result printed), Ctrl-C or
-    SIGTERM during the interpreter's shutdown (about a second with torch loaded) ends the
-    process at once with the command's own exit status: before, a finished run exited 130
-    or 143 without a word, as if nothing had been written.
+    Once the command has ended (its outputs published, its result printed), the exit
+    handlers run with Ctrl-C and SIGTERM ending the process at once with the command's own
+    exit status, and the process then exits without tearing down its modules. Python
+    restores the default signal handlers before that teardown, which takes about a second
+    with torch loaded: a signal then killed a finished command (exit 130 or 143, or -15),
+    as if it had been stopped before publishing.
     """
     code = main()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_at_once(code))
-    sys.exit(code)
+    atexit._run_exitfuncs()  # logging.shutdown, multiprocessing's children, finalizers
+    _exit_at_once(code)(0, None)
