@@ -132,3 +132,18 @@ def test_a_network_object_where_its_name_is_wanted_is_named_as_such() -> None:
 def test_registry_names_what_it_holds() -> None:
     assert MODELS.name_of(PyTorchMLP) == "mlp"
     assert MODELS.name_of(nn.Linear) is None
+
+
+def test_the_course_variant_has_the_weights_fingerprint_of_the_mlp_it_loads_into() -> None:
+    """Artifacts exported from the user's own course-variant object were refused by verify
+    and bench as 'exported from other weights': the fingerprint hashed the key names."""
+    from toolkit.manifest import weights_sha256
+
+    torch.manual_seed(0)
+    course = CoursePyTorchMLP(784, 10)
+    mlp = PyTorchMLP(784, 10)
+    mlp.load_state_dict(course.state_dict())
+    assert weights_sha256(course) == weights_sha256(mlp)
+    with torch.no_grad():
+        mlp.all_layers[1].bias[0] += 1
+    assert weights_sha256(course) != weights_sha256(mlp)

@@ -108,12 +108,22 @@ def weights_sha256(module: Any) -> str:
 
     The same weights give the same value whichever file they came from (``.ckpt``, ``.pt``
     or ``.safetensors``), so ``verify`` and ``bench`` can tell whether an artifact was
-    exported from the network they were given.
+    exported from the network they were given. Names are first put in the registered
+    networks' own layout (``adapt_state_dict``): the Lightning course's ``PyTorchMLP``,
+    exported as the user's own object, has the same weights as toolkit's ``mlp`` under
+    other names.
     """
     import torch
 
+    from toolkit.models import MODELS
+
+    state = dict(module.state_dict())
+    for name in MODELS:
+        adapt = getattr(MODELS.get(name), "adapt_state_dict", None)
+        if adapt is not None:
+            state = adapt(state)
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
