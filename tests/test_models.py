@@ -112,8 +112,11 @@ def test_course_state_dict_that_flattens_in_forward_loads(tmp_path) -> None:
                ckpt)  # fmt: skip
     assert torch.equal(load_network(ckpt, "mlp")(x), course(x))
     reloaded = load_lightning_model(ckpt, model=PyTorchMLP(784, 10))
+    by_name = load_lightning_model(ckpt, model="mlp")  # what its error message suggests
     with torch.no_grad():
-        assert torch.equal(reloaded(x), course(x))
+        assert torch.equal(reloaded(x), course(x)) and torch.equal(by_name(x), course(x))
+    with pytest.raises(UsageError, match="registered name; got int"):
+        load_lightning_model(ckpt, model=5)  # type: ignore[arg-type]
 
 
 def test_other_state_dicts_are_not_renamed() -> None:

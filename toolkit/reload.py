@@ -353,9 +353,22 @@ def _network_keys(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict
 
 
 def load_lightning_model(
-    path: str | Path, model: nn.Module | None = None, trust_pickled_file: bool = False
+    path: str | Path,
+    model: nn.Module | str | None = None,
+    trust_pickled_file: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> Any:
-    """``LightningModel.load_from_checkpoint`` with the same safety checks, in eval mode."""
+    """``LightningModel.load_from_checkpoint`` with the same safety checks, in eval mode.
+
+    Args:
+        path: A Lightning ``.ckpt``.
+        model: The network, as an object (the tutorial's ``load_from_checkpoint(path,
+            model=net)``) or a registered name; needed when the checkpoint does not record
+            its network (the tutorial's own ``LightningModel``).
+        trust_pickled_file: Unpickle arbitrary objects (only for files you trust).
+        model_kwargs: Constructor arguments for a ``model`` given by name; by default the
+            ones the checkpoint recorded for that name, if any.
+    """
     from toolkit.module import LightningModel
 
     obj = read_torch_file(path, trust_pickled_file)
@@ -369,8 +382,16 @@ def load_lightning_model(
     if model is None and name is None:
         raise UsageError(
             f"{path} does not record its network; pass --model NAME (e.g. mlp), or in "
-            "Python model='mlp' (load_lightning_model takes the network object, as "
-            "load_from_checkpoint(path, model=net) does in the tutorial)"
+            "Python model='mlp' or the network object (as load_from_checkpoint(path, "
+            "model=net) in the tutorial)"
+        )
+    if isinstance(model, str):
+        recorded = kwargs if model == name else {}
+        model = build_model(model, **(recorded if model_kwargs is None else model_kwargs))
+    elif model is not None and not isinstance(model, nn.Module):
+        raise UsageError(
+            f"model must be a network (torch.nn.Module) or a registered name; got "
+            f"{type(model).__name__}"
         )
     net = model if model is not None else build_model(name, **kwargs)  # type: ignore[arg-type]
     check_state_dict(net, _network_keys(net, _strip_prefix(obj["state_dict"])), str(path))
