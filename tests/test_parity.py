@@ -514,6 +514,15 @@ def test_missing_exports_folder_is_a_usage_error(trained_run: Path, tmp_path: Pa
         verify(trained_run / "model.ckpt", tmp_path / "nowhere", inputs=torch.rand(2, *SHAPE))
     with pytest.raises(UsageError, match="no exports folder"):
         verify_command(str(trained_run / "model.ckpt"), str(tmp_path / "nowhere"))
+    # A tutorial state_dict records no network: the suggested export must name it, or
+    # running the suggestion fails with "pass --model NAME".
+    with pytest.raises(UsageError) as info:
+        verify_command(str(trained_run / "model.pt"), str(tmp_path / "nowhere"), model="mlp",
+                       model_kwargs={"num_classes": 10})  # fmt: skip
+    assert (
+        f"run `toolkit export --checkpoint {trained_run / 'model.pt'} --model mlp "
+        """--model_kwargs '{"num_classes": 10}' --format all` first""" in str(info.value)
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")

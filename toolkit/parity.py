@@ -848,18 +848,35 @@ def refuse_other_weights(
         import shlex
 
         where = folders[0].parent if len(folders) > 1 else folders[0]
-        command = ["toolkit", "export", "--checkpoint", str(checkpoint)]
-        if model:
-            command += ["--model", model]
-        if model_kwargs:
-            command += ["--model_kwargs", json.dumps(model_kwargs)]
         own = str(folders[0].parent.parent / f"{Path(checkpoint).stem}-{weights[:8]}")
+        command = export_command_line(checkpoint, model, model_kwargs, "--output_dir", own)
         raise UsageError(
             f"the artifacts in {where} were exported from other weights "
             f"({', '.join(sorted(set(sources)))}) than {checkpoint}; pass that file as "
             f"--checkpoint, or export this one to a folder of its own and pass that: "
-            f"{shlex.join([*command, '--output_dir', own])}, then --exports {shlex.quote(own)}"
+            f"{command}, then --exports {shlex.quote(own)}"
         )
+
+
+def export_command_line(
+    checkpoint: str | Path,
+    model: str | None,
+    model_kwargs: dict[str, Any] | None,
+    *extra: str,
+) -> str:
+    """The ``toolkit export`` command to suggest for ``checkpoint``, shell-quoted.
+
+    It repeats ``--model`` and ``--model_kwargs``: a file that does not record its network
+    (a tutorial state_dict) cannot be exported without them.
+    """
+    import shlex
+
+    command = ["toolkit", "export", "--checkpoint", str(checkpoint)]
+    if model:
+        command += ["--model", model]
+    if model_kwargs:
+        command += ["--model_kwargs", json.dumps(model_kwargs)]
+    return shlex.join([*command, *extra])
 
 
 # -- options -------------------------------------------------------------------------------
@@ -1348,16 +1365,14 @@ def verify_command(
     folder = Path(exports) if exports is not None else default_exports_dir(checkpoint)
     if folder.is_file():
         raise UsageError(f"--exports {folder} is a file; give the folder of format folders")
+    export_hint = export_command_line(checkpoint, model, model_kwargs, "--format", "all")
     if not folder.is_dir():
-        raise UsageError(
-            f"no exports folder {folder}; run `toolkit export --checkpoint {checkpoint} "
-            "--format all` first or pass --exports"
-        )
+        raise UsageError(f"no exports folder {folder}; run `{export_hint}` first or pass --exports")
     clean_stale_partials(folder)  # finish or undo what a killed export left
     if not artifact_folders(folder):
         raise UsageError(
-            f"no artifact folders (with manifest.json) in {folder}; run `toolkit export "
-            f"--checkpoint {checkpoint} --format all` first or pass --exports"
+            f"no artifact folders (with manifest.json) in {folder}; run `{export_hint}` "
+            "first or pass --exports"
         )
     report = verify(
         checkpoint,
