@@ -49,7 +49,7 @@ def is_utf8_path(path: str | Path) -> bool:
     return True
 
 
-def shown_path(path: str | Path) -> str:
+def escaped_path(path: str | Path) -> str:
     """``path`` for a message, with bytes that are not UTF-8 escaped (``\\xff``)."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
@@ -58,7 +58,7 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     """Create ``folder`` if needed and check, by creating a file, that it is writable."""
     folder = Path(folder)
     if not is_utf8_path(folder):
-        shown = shown_path(folder.absolute())
+        shown = escaped_path(folder.absolute())
         raise OutputError(f"cannot write {shown}: the path is not valid UTF-8")
     if os.path.lexists(folder) and not folder.is_dir():
         raise OutputError(f"cannot write {folder}: it is a file, not a folder")

@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Any
 
-from toolkit.atomic import is_utf8_path, shown_path
+from toolkit.atomic import escaped_path, is_utf8_path
 from toolkit.errors import (
     TerminatedError,
     ToolkitError,
@@ -182,7 +182,7 @@ def _call(parser: Any, cfg: Any) -> Any:
     for name in (*_PATH_OPTIONS, "run_name"):
         value = kwargs.get(name)
         if isinstance(value, str) and not is_utf8_path(value):  # torch.export aborts on it
-            shown = shown_path(value if name == "run_name" else os.path.abspath(value))
+            shown = escaped_path(value if name == "run_name" else os.path.abspath(value))
             raise UsageError(
                 f"--{name} is not valid UTF-8 ({shown}), which torch and onnx cannot open; "
                 "rename the file or folder"

@@ -504,6 +504,12 @@ class MNISTDataModule(L.LightningDataModule):
             f"val_size must be 1 to {total - 1}"
         )
 
+    def source_folder(self) -> Path:
+        """The folder the IDX files were found in (a ``.gz`` file's, not the cache's)."""
+        files = locate_data(self.dataset, self.data_dir, self.download)
+        first = files[SPLIT_FILES["train"][1]]
+        return _UNPACKED_FROM.get(first, first).parent
+
     def setup(self, stage: str | None = None) -> None:
         """Decode the IDX files and make the seeded train/val split."""
         splits = self._load_splits()

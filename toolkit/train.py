@@ -554,7 +554,12 @@ def _accuracies(
     loaders = (data.train_eval_dataloader(), data.val_dataloader(), data.test_dataloader())
     if trainer.is_global_zero:  # minutes for a big network, with no bar off a terminal
         samples = sum(len(loader.dataset) for loader in loaders)
-        print(f"scoring train, val and test ({samples:,} samples)", file=sys.stderr, flush=True)
+        print(
+            f"scoring train, val and test of {data.dataset} from {data.source_folder()} "
+            f"({samples:,} samples)",
+            file=sys.stderr,
+            flush=True,
+        )
     if trainer.world_size > 1:
         loaders = tuple(_each_sample_once(loader, trainer) for loader in loaders)
     limit = trainer.limit_test_batches
