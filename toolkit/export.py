@@ -225,8 +225,9 @@ def check_example_input(module: nn.Module, example_input: Any) -> torch.Tensor:
         shape = getattr(module, "input_shape", None)
         if shape is None:
             raise UsageError(
-                f"no example input for {name}: pass example_input (a batch of at least "
-                f"{MIN_EXAMPLE_BATCH}) or set example_input_array on the LightningModule"
+                f"no example input for {name}: pass example_input (a batch of the "
+                "network's input, e.g. torch.rand(1, 1, 28, 28)) or set example_input_array "
+                "on the LightningModule"
             )
         generator = torch.Generator().manual_seed(0)
         example_input = torch.rand(MIN_EXAMPLE_BATCH, *shape, generator=generator)
