@@ -894,3 +894,17 @@ def test_trusted_pickle_of_a_class_that_cannot_be_imported_says_so(tmp_path: Pat
     )
     with pytest.raises(CheckpointError, match=r"class cannot be imported here \(No module named"):
         read_torch_file(saved, trust_pickled_file=True)
+
+
+def test_a_dangling_link_under_the_default_name_is_skipped(tmp_path: Path, idx_dir: Path) -> None:
+    """The name check saw no folder (Path.exists follows the link), the publish did: the
+    retry loop for a name taken meanwhile spun for ever."""
+    (tmp_path / "mlp-fashion-mnist").symlink_to(tmp_path / "nowhere")
+    result = train(
+        data_dir=str(idx_dir),
+        max_epochs=1,
+        output_dir=str(tmp_path),
+        trainer={"limit_train_batches": 2, "limit_val_batches": 1},
+    )
+    assert Path(result.run_dir).name == "mlp-fashion-mnist-v2"
+    assert (tmp_path / "mlp-fashion-mnist").is_symlink()

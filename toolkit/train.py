@@ -288,13 +288,13 @@ def _resolve_run_dir(
 ) -> Path:
     if run_name is not None:
         run_dir = output_dir / run_name
-        if run_dir.exists() and not overwrite:
+        if os.path.lexists(run_dir) and not overwrite:
             raise OutputExistsError(
                 f"run folder {run_dir} already exists; pass --overwrite or another --run_name"
             )
         return run_dir
     run_dir, n = output_dir / default_name, 1
-    while run_dir.exists():  # never reuse an earlier run's folder by default
+    while os.path.lexists(run_dir):  # never reuse a folder (or a dangling link) by default
         n += 1
         run_dir = output_dir / f"{default_name}-v{n}"
     return run_dir
@@ -931,7 +931,10 @@ def _train_into(
             if not auto_named or exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
         # A run started alongside took the name while this one trained: take the next one.
+        taken = run_dir
         run_dir = _resolve_run_dir(run_dir.parent, None, f"{model}-{dataset}", False)
+        if run_dir == taken:  # never loop on a name that cannot be published
+            raise OutputExistsError(f"run folder {run_dir} already exists; pass --run_name")
         result.run_dir = str(run_dir)
 
 
