@@ -558,3 +558,22 @@ def test_a_sigterm_that_a_library_swallowed_still_stops_the_command(
     from toolkit.errors import raise_if_stopped
 
     raise_if_stopped()  # forgotten once main returned
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_that_cannot_be_written_at_exit_is_an_error() -> None:
+    """Leaving with os._exit once dropped a buffered result that a full disk refused, and
+    exited 0; Python's own exit says so and exits 120."""
+    script = (
+        "from toolkit import cli\ncli.main = lambda: (print('result'), 0)[1]\ncli.entry_point()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-c", script], stdout=full, stderr=subprocess.PIPE, text=True,
+            env=env, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 120
+    assert proc.stderr.strip().splitlines() == [
+        "toolkit: error: cannot write the output: [Errno 28] No space left on device"
+    ]

@@ -371,4 +371,10 @@ def entry_point() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_at_once(code))
     atexit._run_exitfuncs()  # logging.shutdown, multiprocessing's children, finalizers
+    try:
+        sys.stdout.flush()  # what Python's own exit would report (a full disk, a closed pipe)
+    except (OSError, ValueError) as exc:
+        with suppress(Exception):
+            print(f"toolkit: error: cannot write the output: {exc}", file=sys.stderr)
+        code = code or 120  # Python's status when it cannot flush stdout at exit
     _exit_at_once(code)(0, None)
