@@ -1018,3 +1018,29 @@ def test_cli_manifest_listing_no_files_is_named(
     if command == "verify":
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1].startswith("toolkit: error: parity failed")
+
+
+def test_low_precision_buffers_do_not_make_an_fp32_graph_reduced_precision(
+    tmp_path: Path,
+) -> None:
+    """A uint8 lookup table once made a genuine fp32 export read as 'int8', and verify and
+    bench refused it; only quantization ops and the compute nodes' types count."""
+    from toolkit.formats.onnx import onnx_precision
+    from toolkit.runtimes.base import RUNTIMES
+
+    class LookupMLP(nn.Module):
+        input_shape = (1, 28, 28)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("lut", torch.arange(256, dtype=torch.uint8))
+            self.register_buffer("scale", torch.ones(784, dtype=torch.float16))
+            self.fc = nn.Linear(784, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            levels = self.lut[(x.flatten(1).clamp(0, 1) * 255).long()].to(x.dtype) / 255
+            return self.fc(levels * self.scale.to(x.dtype))
+
+    export_model(LookupMLP().eval(), inputs(2), ["onnx"], tmp_path / "exports")
+    assert onnx_precision(tmp_path / "exports" / "onnx" / "model.onnx") == "fp32"
+    RUNTIMES.get("onnxruntime")(tmp_path / "exports" / "onnx").load()

@@ -67,30 +67,36 @@ _QUANTIZED_OPS = frozenset(
 )
 
 
-def onnx_precision(path: Path) -> str:
-    """What an ONNX file computes in: "int8", "fp16" or "fp32", read from its graph.
+#: Ops whose output type tells what precision a graph computes in.
+_COMPUTE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
 
-    "int8" when it holds quantization ops or int8/uint8 weights, "fp16" when it holds half
-    weights or casts to half, else "fp32". External weight data is not read: the tensor
-    types are in the graph itself.
+
+def onnx_precision(path: Path) -> str | None:
+    """What an ONNX file computes in: "int8", "fp16" or "fp32", read from its graph; None
+    when the graph has no matrix product or convolution to tell by.
+
+    "int8" when it holds quantization ops; otherwise the element type (after ONNX shape
+    inference) of what its Gemm, MatMul and Conv nodes compute. Buffers of other types (a
+    uint8 lookup table, an fp16 constant) do not count. External weight data is not read:
+    the tensor types are in the graph itself.
     """
     onnx = import_onnx()
-    graph = onnx.load(str(path), load_external_data=False).graph
-    ops = {node.op_type for node in graph.node}
-    types = {tensor.data_type for tensor in graph.initializer}
-    if ops & _QUANTIZED_OPS or types & {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}:
+    model = onnx.load(str(path), load_external_data=False)
+    if {node.op_type for node in model.graph.node} & _QUANTIZED_OPS:
         return "int8"
-    half = onnx.TensorProto.FLOAT16
-    casts = (
-        attr.i
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in (*graph.value_info, *graph.input, *graph.output)
+    }
+    computed = {
+        types.get(node.output[0])
         for node in graph.node
-        if node.op_type == "Cast"
-        for attr in node.attribute
-        if attr.name == "to"
-    )
-    if half in types or half in casts:
+        if node.op_type in _COMPUTE_OPS and node.output
+    } - {None, onnx.TensorProto.UNDEFINED}
+    if onnx.TensorProto.FLOAT16 in computed:
         return "fp16"
-    return "fp32"
+    return "fp32" if computed else None
 
 
 @contextlib.contextmanager
