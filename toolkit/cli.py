@@ -184,7 +184,8 @@ def _call(parser: Any, cfg: Any) -> Any:
         if isinstance(value, str) and not is_utf8_path(value):  # torch.export aborts on it
             shown = escaped_path(value if name == "run_name" else os.path.abspath(value))
             raise UsageError(
-                f"--{name} is not valid UTF-8 ({shown}), which torch and onnx cannot open; "
+                f"--{name} is not valid UTF-8 ({shown}); toolkit needs UTF-8 paths (its "
+                "reports, and some of torch's and onnx's file functions, take no others): "
                 "rename the file or folder"
             )
     for name in _PATH_OPTIONS:
