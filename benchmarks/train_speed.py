@@ -13,8 +13,11 @@ is timed from its first step (the tutorial building its datasets, toolkit's ``tr
 called) to the end of ``Trainer.fit``; the test pass and writing the run folder come
 after. ``--rounds N`` repeats the pair, alternating which side goes first, and
 prints the median ratio: on a shared machine single runs vary by up to 30%.
+``--batches-per-step 1 16`` times toolkit once per value of ``toolkit train
+--batches_per_step`` in each round (the same Adam steps on the same batches, fewer
+Lightning steps).
 
-Run: ``python benchmarks/train_speed.py --epochs 10 --rounds 3``
+Run: ``python benchmarks/train_speed.py --epochs 10 --rounds 3 --batches-per-step 1 16``
 """
 
 from __future__ import annotations
@@ -130,13 +133,15 @@ def run_tutorial(epochs: int, output_dir: str, as_written: bool = True) -> dict:
     return {"fit_s": fit_s, "test_acc": acc}
 
 
-def run_toolkit(epochs: int, output_dir: str, as_written: bool = True) -> dict:
+def run_toolkit(
+    epochs: int, output_dir: str, as_written: bool = True, batches_per_step: int = 1
+) -> dict:
     """Train with ``toolkit.train.train`` (what ``toolkit train`` runs), CSV logger included.
 
     Timed as the tutorial: from the call (which finds and loads the data and checks the
     options) to the end of ``Trainer.fit``; writing the run folder and the accuracy passes
     come after it. The progress bar and summary are on, as on a terminal, unless
-    ``as_written`` is False.
+    ``as_written`` is False. ``batches_per_step`` is ``toolkit train --batches_per_step``.
     """
     fit_end = _FitEnd()
     shown = {
@@ -152,8 +157,9 @@ def run_toolkit(epochs: int, output_dir: str, as_written: bool = True) -> dict:
             learning_rate=0.001,
             output_dir=output_dir,
             trainer=shown,
+            batches_per_step=batches_per_step,
         )
-    return {"fit_s": fit_end.at - start, "test_acc": result.test_acc}
+    return {"fit_s": fit_end.at - start, "test_acc": result.test_acc, "steps": result.steps_run}
 
 
 class _FitEnd(L.Callback):
@@ -166,18 +172,24 @@ class _FitEnd(L.Callback):
         self.at = time.perf_counter()
 
 
-def _run_side(side: str, epochs: int, as_written: bool) -> dict:
+def _run_side(side: str, epochs: int, as_written: bool, batches_per_step: int = 1) -> dict:
     """One pipeline in a fresh interpreter, so neither side inherits the other's warm
     caches, thread pools or floating-point mode."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "side.json")
         command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)]
         command += ["--json", out] + ([] if as_written else ["--no-extras"])
+        command += ["--batches-per-step", str(batches_per_step)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"the {side} pipeline failed:\n{done.stderr[-3000:]}")
         with open(out) as f:
             return json.load(f)
+
+
+def _k_label(side: str) -> str:
+    k = side.partition(":")[2]
+    return "" if k == "1" else f" --batches_per_step {k}"
 
 
 def main() -> None:
@@ -191,13 +203,23 @@ def main() -> None:
         action="store_true",
         help="turn off progress bars, loggers, checkpointing and summaries on both sides",
     )
+    parser.add_argument(
+        "--batches-per-step",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="K",
+        help="time toolkit with each of these --batches_per_step values (default 1)",
+    )
     parser.add_argument("--side", choices=["toolkit", "tutorial"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     as_written = not args.no_extras
     if args.side:  # a child process: one pipeline, figures to --json
-        run = run_toolkit if args.side == "toolkit" else run_tutorial
         with tempfile.TemporaryDirectory() as output_dir:
-            figures = run(args.epochs, output_dir, as_written)
+            if args.side == "toolkit":
+                figures = run_toolkit(args.epochs, output_dir, as_written, args.batches_per_step[0])
+            else:
+                figures = run_tutorial(args.epochs, output_dir, as_written)
         with open(args.json, "w") as f:
             json.dump(figures, f)
         return
@@ -208,25 +230,34 @@ def main() -> None:
         "each pipeline in a fresh process",
         flush=True,
     )
+    sides = ["tutorial"] + [f"toolkit:{k}" for k in args.batches_per_step]
     rounds = []
     for i in range(args.rounds):
-        order = ("toolkit", "tutorial") if i % 2 == 0 else ("tutorial", "toolkit")
-        figures = {side: _run_side(side, args.epochs, as_written) for side in order}
-        figures["speedup"] = figures["tutorial"]["fit_s"] / figures["toolkit"]["fit_s"]
+        order = sides if i % 2 == 0 else sides[::-1]  # alternate who goes first
+        figures = {}
+        for side in order:
+            name, _, k = side.partition(":")
+            figures[side] = _run_side(name, args.epochs, as_written, int(k or 1))
+        tutorial = figures["tutorial"]
+        figures["speedup"] = {s: tutorial["fit_s"] / figures[s]["fit_s"] for s in sides[1:]}
         rounds.append(figures)
+        toolkit = "; ".join(
+            f"toolkit{_k_label(s)} {figures[s]['fit_s']:5.1f} s (test acc "
+            f"{figures[s]['test_acc']:.4f}, {figures[s]['steps']} Adam steps): "
+            f"{figures['speedup'][s]:.1f}x"
+            for s in sides[1:]
+        )
         print(
-            f"  round {i + 1}: tutorial {figures['tutorial']['fit_s']:6.1f} s "
-            f"(test acc {figures['tutorial']['test_acc']:.4f}), "
-            f"toolkit {figures['toolkit']['fit_s']:5.1f} s "
-            f"(test acc {figures['toolkit']['test_acc']:.4f}): "
-            f"speed-up {figures['speedup']:.1f}x",
+            f"  round {i + 1}: tutorial {tutorial['fit_s']:6.1f} s (test acc "
+            f"{tutorial['test_acc']:.4f}); {toolkit}",
             flush=True,
         )
-    speedups = [r["speedup"] for r in rounds]
-    print(
-        f"  speed-up median {statistics.median(speedups):.1f}x "
-        f"(min {min(speedups):.1f}x, max {max(speedups):.1f}x over {len(rounds)} rounds)"
-    )
+    for side in sides[1:]:
+        speedups = [r["speedup"][side] for r in rounds]
+        print(
+            f"  toolkit{_k_label(side)} speed-up median {statistics.median(speedups):.1f}x "
+            f"(min {min(speedups):.1f}x, max {max(speedups):.1f}x over {len(rounds)} rounds)"
+        )
     if args.json:
         result = {"epochs": args.epochs, "trainer_extras": as_written, "rounds": rounds}
         with open(args.json, "w") as f:

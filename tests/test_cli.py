@@ -577,3 +577,12 @@ def test_output_that_cannot_be_written_at_exit_is_an_error() -> None:
     assert proc.stderr.strip().splitlines() == [
         "toolkit: error: cannot write the output: [Errno 28] No space left on device"
     ]
+
+
+def test_train_batches_per_step_option(tmp_path: Path, idx_dir: Path) -> None:
+    proc = run_cli(*_train_args(idx_dir, tmp_path, "--run_name", "g", "--batches_per_step", "4"))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert (info["batches_per_step"], info["steps_run"]) == (4, 6)
+    proc = run_cli(*_train_args(idx_dir, tmp_path, "--batches_per_step", "0"))
+    assert_one_line_error(proc, 2, "--batches_per_step must be at least 1, got 0")

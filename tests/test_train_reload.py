@@ -526,6 +526,22 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, idx_dir: Path, nam
         ({"model_kwargs": {"num_features": 100}}, "shape (1, 10, 10), but fashion-mnist"),
         ({"model_kwargs": {"num_classes": 5}}, "outputs of shape (2, 5) for a batch of 2"),
         ({"model": "cnn", "model_kwargs": {"in_channels": 3}}, "shape (3, 28, 28), but"),
+        ({"batches_per_step": 0}, "--batches_per_step must be at least 1, got 0"),
+        (
+            {"batches_per_step": 4, "trainer": {"gradient_clip_val": 1.0}},
+            "--batches_per_step 4 (one Lightning step per group of batches) cannot clip",
+        ),
+        (
+            {"batches_per_step": 2, "trainer": {"accumulate_grad_batches": 2}},
+            "--batches_per_step 2 (one Lightning step per group of batches) cannot accumulate",
+        ),
+        (
+            {
+                "batches_per_step": 2,
+                "trainer": {"strategy": "ddp", "devices": 2, "accelerator": "cpu"},
+            },
+            "trains on one device; with 2 processes give --batches_per_step 1",
+        ),
     ],
 )
 def test_bad_settings_fail_before_training(
@@ -558,16 +574,19 @@ def test_python_api_shows_no_warnings_the_user_cannot_act_on(
     assert not [m for m in shown if "LeafSpec" in m or "transfer_batch_to_device" in m], shown
 
 
+@pytest.mark.parametrize("batches_per_step", [1, 4])
 @pytest.mark.parametrize(("max_steps", "epochs", "steps"), [(5, 0, 5), (6, 1, 6), (13, 2, 13)])
 def test_epochs_run_counts_whole_epochs_only(
-    tmp_path: Path, idx_dir: Path, max_steps: int, epochs: int, steps: int
+    tmp_path: Path, idx_dir: Path, max_steps: int, epochs: int, steps: int, batches_per_step: int
 ) -> None:
-    # 440 training samples in batches of 64: 6 steps per epoch.
+    # 440 training samples in batches of 64: 6 steps per epoch; in groups of 4, two groups
+    # (4 and 2 batches): max_steps 5 stops inside the second group, the epoch's last.
     result = train(
         data_dir=str(idx_dir),
         max_epochs=3,
         output_dir=str(tmp_path),
         trainer={"logger": False, "limit_val_batches": 1, "max_steps": max_steps},
+        batches_per_step=batches_per_step,
     )
     assert (result.epochs_run, result.steps_run) == (epochs, steps)
     info = json.loads((Path(result.run_dir) / "run.json").read_text())
@@ -908,3 +927,76 @@ def test_a_dangling_link_under_the_default_name_is_skipped(tmp_path: Path, idx_d
     )
     assert Path(result.run_dir).name == "mlp-fashion-mnist-v2"
     assert (tmp_path / "mlp-fashion-mnist").is_symlink()
+
+
+def test_batches_per_step_trains_the_same_weights_to_the_bit(tmp_path: Path, idx_dir: Path) -> None:
+    # 6 batches per epoch: groups of 4 and 2. The same Adam steps on the same batches.
+    results = {
+        k: train(
+            data_dir=str(idx_dir),
+            max_epochs=2,
+            output_dir=str(tmp_path),
+            run_name=f"k{k}",
+            batches_per_step=k,
+        )
+        for k in (1, 4)
+    }
+    plain, grouped = (results[k].model.state_dict() for k in (1, 4))
+    assert plain.keys() == grouped.keys()
+    assert all(torch.equal(plain[key], grouped[key]) for key in plain)
+    assert results[1].steps_run == results[4].steps_run == 12
+    info = {k: json.loads((tmp_path / f"k{k}" / "run.json").read_text()) for k in (1, 4)}
+    assert (info[1]["batches_per_step"], info[4]["batches_per_step"]) == (1, 4)
+    for key in ("train_acc", "val_acc", "test_acc", "epochs_run", "steps_run"):
+        assert info[1][key] == info[4][key], key
+    # the per-epoch log holds the same epoch metrics
+    assert (tmp_path / "k1" / "epochs.csv").read_text() == (
+        tmp_path / "k4" / "epochs.csv"
+    ).read_text()
+
+
+def test_grouped_batches_are_the_plain_batches_in_order() -> None:
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from toolkit.data import BatchGroup, GroupedBatchSampler, group_collate
+
+    data = range(30)
+    plain = list(BatchSampler(RandomSampler(data, generator=torch.Generator().manual_seed(3)),
+                              4, drop_last=True))  # fmt: skip
+    grouped = GroupedBatchSampler(
+        RandomSampler(data, generator=torch.Generator().manual_seed(3)), 4, True, 3
+    )
+    groups = list(grouped)
+    assert [len(g) for g in groups] == [12, 12, 4] and len(grouped) == 3  # 7 batches
+    assert [i for g in groups for i in g] == [i for b in plain for i in b]
+    images, labels = torch.arange(12.0).view(12, 1), torch.arange(12)
+    batches = group_collate((images, labels), batch_size=4)
+    assert isinstance(batches, BatchGroup) and len(batches) == 3
+    assert all(torch.equal(y, torch.arange(4 * i, 4 * i + 4)) for i, (_, y) in enumerate(batches))
+
+
+def test_a_grouped_runs_checkpoint_resumes_its_step_count(tmp_path: Path, idx_dir: Path) -> None:
+    # The run trains with manual optimization; the checkpoint reloads as an automatic one.
+    import lightning as L
+
+    from toolkit.data import MNISTDataModule
+
+    result = train(
+        data_dir=str(idx_dir), max_epochs=2, output_dir=str(tmp_path), batches_per_step=3
+    )
+    checkpoint = Path(result.run_dir) / "model.ckpt"
+    model = LightningModel.load_from_checkpoint(checkpoint, weights_only=False)
+    assert model.automatic_optimization
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, MNISTDataModule(str(idx_dir)), ckpt_path=str(checkpoint))
+    assert trainer.global_step == 18  # 12 before, 6 in the third epoch
+
+
+def test_grouped_batches_need_manual_optimization(idx_dir: Path) -> None:
+    from toolkit.data import BatchGroup
+
+    model = LightningModel(network="mlp")
+    group = BatchGroup([(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))])
+    with pytest.raises(UsageError, match="needs manual optimization"):
+        model.training_step(group, 0)

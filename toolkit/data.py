@@ -23,11 +23,12 @@ import os
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, random_split
 
 from toolkit.atomic import leftover_name, output_error, writable_dir
 from toolkit.errors import DataError, UnknownNameError, UsageError, first_line
@@ -420,6 +421,48 @@ def batch_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tenso
     return batch
 
 
+class BatchGroup(list):
+    """Consecutive training batches, each an ``(images, labels)`` pair of ``batch_size``
+    samples, handed to one Lightning training step (``batches_per_step`` above 1)."""
+
+
+class GroupedBatchSampler(BatchSampler):
+    """``BatchSampler`` whose items are ``batches_per_group`` consecutive batches joined.
+
+    The batches are the ones ``BatchSampler(sampler, batch_size, drop_last)`` gives, in the
+    same order; the last group of an epoch holds what is left. :func:`group_collate` splits
+    a group's single gather back into its batches.
+    """
+
+    def __init__(
+        self, sampler: Any, batch_size: int, drop_last: bool, batches_per_group: int = 1
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.batches_per_group = batches_per_group
+
+    def __iter__(self) -> Iterator[list[int]]:
+        group: list[int] = []
+        for count, batch in enumerate(super().__iter__(), 1):
+            group += batch
+            if count % self.batches_per_group == 0:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def __len__(self) -> int:
+        return -(-super().__len__() // self.batches_per_group)
+
+
+def group_collate(batch: tuple[torch.Tensor, torch.Tensor], batch_size: int) -> BatchGroup:
+    """Collate for a :class:`GroupedBatchSampler`: the group's batches, as views."""
+    images, labels = batch
+    return BatchGroup(
+        (images[start : start + batch_size], labels[start : start + batch_size])
+        for start in range(0, len(labels), batch_size)
+    )
+
+
 class MNISTDataModule(L.LightningDataModule):
     """LightningDataModule for MNIST, Fashion-MNIST and KMNIST in IDX format.
 
@@ -435,6 +478,10 @@ class MNISTDataModule(L.LightningDataModule):
         download: Allow torchvision's download as the last resort.
         eval_batch_size: Batch size of the validation, test and predict loaders; None means
             ``batch_size``. It changes no accuracy, only how many steps a pass takes.
+        batches_per_step: Training batches per item of the training loader. Above 1 each
+            item is a :class:`BatchGroup` of that many batches (the last of an epoch may
+            hold fewer), in the order the plain loader gives them, for a LightningModule
+            that takes one optimizer step per batch of a group (``LightningModel`` does).
     """
 
     def __init__(
@@ -447,12 +494,18 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         eval_batch_size: int | None = None,
+        batches_per_step: int = 1,
     ) -> None:
         super().__init__()
         _class_name(dataset)
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("batches_per_step", batches_per_step),
+        ):
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be at least 1, got {value}")
+        self.batches_per_step = batches_per_step
         self.eval_batch_size = eval_batch_size or batch_size
         self.data_dir = data_dir
         self.dataset = dataset
@@ -547,8 +600,21 @@ class MNISTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (drop_last, as in the tutorial)."""
-        return self._loader(self.mnist_train, train=True)
+        """Shuffled training batches (drop_last, as in the tutorial); with
+        ``batches_per_step`` above 1, groups of them (:class:`BatchGroup`)."""
+        if self.batches_per_step == 1:
+            return self._loader(self.mnist_train, train=True)
+        # One gather per group; the same shuffled batches as the plain loader, in order.
+        sampler = GroupedBatchSampler(
+            RandomSampler(self.mnist_train), self.batch_size, True, self.batches_per_step
+        )
+        return DataLoader(
+            self.mnist_train,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(group_collate, batch_size=self.batch_size),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""

@@ -12,6 +12,7 @@ import torchmetrics
 from torch import nn
 from torch.optim import optimizer as torch_optimizer
 
+from toolkit.data import BatchGroup
 from toolkit.errors import UsageError
 from toolkit.models import build_model, input_shape_of
 
@@ -259,6 +260,8 @@ class LightningModel(L.LightningModule):
         self.test_acc = torchmetrics.Accuracy(**accuracy)
         self.train_loss = torchmetrics.MeanMetric()
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        #: Batches of groups (batches_per_step above 1) trained in the current epoch.
+        self.group_batches_run = [0]
         network_kwargs = dict(network_kwargs or {})
         # Lightning reads the (updated) local variables of __init__.
         self.save_hyperparameters(ignore=["model"])
@@ -290,12 +293,17 @@ class LightningModel(L.LightningModule):
     # of a metric ~1 ms on a CPU, as much as the MLP's whole step. Accuracy is a count of
     # hits and the loss a mean, so one update per epoch gives the same values.
     def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+        self, batch: tuple[torch.Tensor, torch.Tensor] | BatchGroup, batch_idx: int
     ) -> torch.Tensor:
         """Cross-entropy loss; logs ``train_loss_step`` every ``log_every_n_steps`` steps.
 
         ``train_loss`` and ``train_acc`` are logged per epoch, in ``on_train_epoch_end``.
+        A :class:`~toolkit.data.BatchGroup` (``batches_per_step`` above 1, with
+        ``automatic_optimization`` off) takes one Adam step per batch of the group, in
+        order, as separate training steps would; it returns the last batch's loss.
         """
+        if isinstance(batch, BatchGroup):
+            return self._group_step(batch)
         loss, true_labels, predicted_labels = self._shared_step(batch)
         detached = loss.detach()
         self._train_outputs.append((detached, predicted_labels, true_labels))
@@ -303,6 +311,39 @@ class LightningModel(L.LightningModule):
         if trainer is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
             self.log("train_loss_step", detached, on_step=True, on_epoch=False)
         return loss
+
+    def _group_step(self, group: BatchGroup) -> torch.Tensor:
+        """One optimizer step per batch of ``group``, through Lightning's manual optimization
+        (``manual_backward`` and the wrapped optimizer: precision plugins, the backward and
+        optimizer-step hooks and ``global_step`` work per batch)."""
+        if self.automatic_optimization:
+            raise UsageError(
+                "a group of batches (batches_per_step above 1) needs manual optimization: "
+                "set automatic_optimization = False on the LightningModel"
+            )
+        optimizer = self.optimizers()
+        if isinstance(optimizer, list):
+            raise UsageError("a group of batches (batches_per_step above 1) needs one optimizer")
+        trainer = self.trainer
+        detached = None
+        for batch in group:
+            if 0 <= trainer.max_steps <= trainer.global_step:
+                break  # max_steps counts optimizer steps: stop inside the group
+            loss, true_labels, predicted_labels = self._shared_step(batch)
+            detached = loss.detach()
+            self._train_outputs.append((detached, predicted_labels, true_labels))
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self.group_batches_run[0] += 1
+        if detached is None:
+            return torch.zeros(())
+        # Lightning writes step metrics every log_every_n_steps of its own steps (groups).
+        loop = trainer.fit_loop.epoch_loop
+        steps = getattr(loop, "_batches_that_stepped", trainer.global_step - 1)
+        if (steps + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            self.log("train_loss_step", detached, on_step=True, on_epoch=False)
+        return detached
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -323,6 +364,29 @@ class LightningModel(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Starts a new list of step outputs."""
         self._train_outputs = []
+        self.group_batches_run[0] = 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With groups of batches (manual optimization), also record the optimizer steps
+        where automatic optimization keeps them: this module reloads with automatic
+        optimization, and a fit resumed from the checkpoint then continues ``global_step``
+        instead of starting it at 0."""
+        if self.automatic_optimization:
+            return
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
+        if not isinstance(manual, dict) or not isinstance(automatic, dict):
+            return
+        optimizer = automatic.get("optimizer", {})
+        for progress in (optimizer.get("step"), optimizer.get("zero_grad")):
+            if not isinstance(progress, dict):
+                continue
+            for scope in ("total", "current"):
+                counts = progress.get(scope)
+                if isinstance(counts, dict):
+                    for key in counts:  # ready, completed (and started, for zero_grad)
+                        counts[key] = manual[scope]["completed"]
 
     def on_train_epoch_end(self) -> None:
         """Logs the epoch's mean ``train_loss`` and ``train_acc``."""
