@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from toolkit.errors import CheckpointError, OutputExistsError, UsageError
 from toolkit.models import PyTorchMLP
@@ -529,11 +530,35 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, idx_dir: Path, nam
         ({"batches_per_step": 0}, "--batches_per_step must be at least 1, got 0"),
         (
             {"batches_per_step": 4, "trainer": {"gradient_clip_val": 1.0}},
-            "--batches_per_step 4 (one Lightning step per group of batches) cannot clip",
+            "--batches_per_step 4 (one Lightning step per group of batches) cannot honour "
+            "--trainer.gradient_clip_val 1.0, which counts or acts on batches",
         ),
         (
             {"batches_per_step": 2, "trainer": {"accumulate_grad_batches": 2}},
-            "--batches_per_step 2 (one Lightning step per group of batches) cannot accumulate",
+            "cannot honour --trainer.accumulate_grad_batches 2",
+        ),
+        (
+            {"batches_per_step": 2, "trainer": {"limit_train_batches": 1}},
+            "cannot honour --trainer.limit_train_batches 1,",
+        ),
+        (
+            {"batches_per_step": 2, "trainer": {"val_check_interval": 0.5}},
+            "cannot honour --trainer.val_check_interval 0.5",
+        ),
+        (
+            {"batches_per_step": 2, "trainer": {"overfit_batches": 2}},
+            "cannot honour --trainer.overfit_batches 2",
+        ),
+        (
+            {"batches_per_step": 2, "trainer": {"fast_dev_run": True}},
+            "cannot honour --trainer.fast_dev_run True",
+        ),
+        (
+            {
+                "batches_per_step": 2,
+                "trainer": {"callbacks": [ModelCheckpoint(every_n_train_steps=3)]},
+            },
+            "cannot honour ModelCheckpoint(every_n_train_steps=3)",
         ),
         (
             {
@@ -699,7 +724,6 @@ def test_run_json_lists_the_logged_files(run) -> None:
 
 
 def test_a_users_model_checkpoint_turns_checkpointing_on(tmp_path: Path, idx_dir: Path) -> None:
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from toolkit.train import _trainer
 
@@ -991,6 +1015,69 @@ def test_a_grouped_runs_checkpoint_resumes_its_step_count(tmp_path: Path, idx_di
                         enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(model, MNISTDataModule(str(idx_dir)), ckpt_path=str(checkpoint))
     assert trainer.global_step == 18  # 12 before, 6 in the third epoch
+
+
+@pytest.mark.parametrize("max_steps", [5, 9])
+def test_max_steps_inside_a_group_logs_and_validates_as_a_plain_run(
+    tmp_path: Path, idx_dir: Path, max_steps: int
+) -> None:
+    # 6 batches per epoch, groups of 4 and 2: step 5 ends inside the epoch's last group
+    # (Lightning validated after it, a plain run does not), step 9 inside a first group.
+    results = {
+        k: train(
+            data_dir=str(idx_dir),
+            max_epochs=3,
+            output_dir=str(tmp_path),
+            run_name=f"k{k}",
+            batches_per_step=k,
+            trainer={"max_steps": max_steps, "limit_val_batches": 1},
+        )
+        for k in (1, 4)
+    }
+    assert results[1].steps_run == results[4].steps_run == max_steps
+    assert results[1].epochs_run == results[4].epochs_run
+    plain, grouped = (results[k].model.state_dict() for k in (1, 4))
+    assert all(torch.equal(plain[key], grouped[key]) for key in plain)
+    epochs = [(tmp_path / f"k{k}" / "epochs.csv").read_text() for k in (1, 4)]
+    assert epochs[0] == epochs[1]
+
+
+def test_a_plain_runs_checkpoint_resumes_its_step_count_in_groups(
+    tmp_path: Path, idx_dir: Path
+) -> None:
+    import lightning as L
+
+    from toolkit.data import MNISTDataModule
+
+    result = train(data_dir=str(idx_dir), max_epochs=2, output_dir=str(tmp_path))
+    checkpoint = Path(result.run_dir) / "model.ckpt"
+    model = LightningModel.load_from_checkpoint(checkpoint, weights_only=False)
+    model.automatic_optimization = False
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    data = MNISTDataModule(str(idx_dir), batches_per_step=4)
+    trainer.fit(model, data, ckpt_path=str(checkpoint))
+    assert trainer.global_step == 18  # 12 before, 6 in the third epoch
+
+
+def test_manual_optimization_of_plain_batches_trains_as_automatic(idx_dir: Path) -> None:
+    # It silently trained nothing: no optimizer step was taken.
+    import lightning as L
+
+    from toolkit.data import MNISTDataModule
+
+    weights = []
+    for automatic in (True, False):
+        L.seed_everything(42, verbose=False)
+        model = LightningModel(network="mlp")
+        model.automatic_optimization = automatic
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, deterministic=True,
+                            enable_progress_bar=False, enable_checkpointing=False,
+                            enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+        trainer.fit(model, MNISTDataModule(str(idx_dir)))
+        assert trainer.global_step == 6
+        weights.append(model.model.state_dict())
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
 def test_grouped_batches_need_manual_optimization(idx_dir: Path) -> None:

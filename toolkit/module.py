@@ -171,6 +171,43 @@ def _advance_steps(states: list[dict[str, Any]], whole_group: bool) -> list[torc
     return steps
 
 
+def _lightning_logs_this_step(trainer: Any) -> bool:
+    """Whether Lightning writes the step metrics logged in this training step: it does
+    every ``log_every_n_steps`` of its own steps (with groups of batches, every that many
+    groups). Logging only then saves a ``self.log`` call (~100 µs) on the other steps."""
+    if trainer is None:
+        return True
+    loop = trainer.fit_loop.epoch_loop
+    steps = getattr(loop, "_batches_that_stepped", trainer.global_step)
+    return (steps + 1) % max(trainer.log_every_n_steps, 1) == 0
+
+
+def _same_step_counts(checkpoint: dict[str, Any]) -> None:
+    """Set the optimizer-step progress of both optimization modes in ``checkpoint`` to the
+    larger of the two (see ``LightningModel.on_save_checkpoint``)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+    automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
+    if not isinstance(manual, dict) or not isinstance(automatic, dict):
+        return
+    optimizer = automatic.get("optimizer", {})
+    stepped = [t for t in (manual, optimizer.get("step")) if isinstance(t, dict)]
+    zeroed = [t for t in (optimizer.get("zero_grad"),) if isinstance(t, dict)]
+    for scope in ("total", "current"):
+        counts = [t[scope] for t in stepped + zeroed if isinstance(t.get(scope), dict)]
+        steps = max(
+            (
+                t[scope]["completed"]
+                for t in stepped
+                if isinstance(t.get(scope), dict) and isinstance(t[scope].get("completed"), int)
+            ),
+            default=0,
+        )
+        for count in counts:
+            for key in count:  # ready, completed (and started, for zero_grad)
+                count[key] = steps
+
+
 def _on_accelerator(optimizer: torch.optim.Optimizer) -> bool:
     return any(p.device.type != "cpu" for g in optimizer.param_groups for p in g["params"])
 
@@ -304,11 +341,12 @@ class LightningModel(L.LightningModule):
         """
         if isinstance(batch, BatchGroup):
             return self._group_step(batch)
+        if not self.automatic_optimization:  # manual optimization of a plain batch
+            return self._group_step(BatchGroup([batch]))
         loss, true_labels, predicted_labels = self._shared_step(batch)
         detached = loss.detach()
         self._train_outputs.append((detached, predicted_labels, true_labels))
-        trainer = self._trainer
-        if trainer is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+        if _lightning_logs_this_step(self._trainer):
             self.log("train_loss_step", detached, on_step=True, on_epoch=False)
         return loss
 
@@ -326,9 +364,14 @@ class LightningModel(L.LightningModule):
             raise UsageError("a group of batches (batches_per_step above 1) needs one optimizer")
         trainer = self.trainer
         detached = None
-        for batch in group:
+        for done, batch in enumerate(group):
             if 0 <= trainer.max_steps <= trainer.global_step:
-                break  # max_steps counts optimizer steps: stop inside the group
+                # max_steps counts optimizer steps: stop inside the group. Lightning takes
+                # the group as whole and would validate if it ended the epoch; a plain run
+                # cut short there does not.
+                if done < len(group) and hasattr(trainer.fit_loop.epoch_loop, "_skip_next_val"):
+                    trainer.fit_loop.epoch_loop._skip_next_val = True
+                break
             loss, true_labels, predicted_labels = self._shared_step(batch)
             detached = loss.detach()
             self._train_outputs.append((detached, predicted_labels, true_labels))
@@ -338,10 +381,7 @@ class LightningModel(L.LightningModule):
             self.group_batches_run[0] += 1
         if detached is None:
             return torch.zeros(())
-        # Lightning writes step metrics every log_every_n_steps of its own steps (groups).
-        loop = trainer.fit_loop.epoch_loop
-        steps = getattr(loop, "_batches_that_stepped", trainer.global_step - 1)
-        if (steps + 1) % max(trainer.log_every_n_steps, 1) == 0:
+        if _lightning_logs_this_step(trainer):
             self.log("train_loss_step", detached, on_step=True, on_epoch=False)
         return detached
 
@@ -367,26 +407,18 @@ class LightningModel(L.LightningModule):
         self.group_batches_run[0] = 0
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """With groups of batches (manual optimization), also record the optimizer steps
-        where automatic optimization keeps them: this module reloads with automatic
-        optimization, and a fit resumed from the checkpoint then continues ``global_step``
-        instead of starting it at 0."""
-        if self.automatic_optimization:
-            return
-        loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
-        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress")
-        if not isinstance(manual, dict) or not isinstance(automatic, dict):
-            return
-        optimizer = automatic.get("optimizer", {})
-        for progress in (optimizer.get("step"), optimizer.get("zero_grad")):
-            if not isinstance(progress, dict):
-                continue
-            for scope in ("total", "current"):
-                counts = progress.get(scope)
-                if isinstance(counts, dict):
-                    for key in counts:  # ready, completed (and started, for zero_grad)
-                        counts[key] = manual[scope]["completed"]
+        """Record the optimizer steps taken for both of Lightning's optimization modes.
+
+        Lightning keeps the count (``global_step``) for the mode that trained, and restores
+        it for the mode that resumes. A run with groups of batches (manual optimization)
+        reloads with automatic optimization, and a plain run may be resumed with groups:
+        either way a resumed fit continues ``global_step`` instead of starting it at 0.
+        """
+        _same_step_counts(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """As :meth:`on_save_checkpoint`, for checkpoints saved without it."""
+        _same_step_counts(checkpoint)
 
     def on_train_epoch_end(self) -> None:
         """Logs the epoch's mean ``train_loss`` and ``train_acc``."""

@@ -688,10 +688,13 @@ def train(
             same order, so the weights are the same to the bit. Above 1, Lightning's
             per-step work (hooks, progress, loop bookkeeping: ~270 µs per step on the
             2-core machine) is paid once per group, through manual optimization. Lightning
-            then counts groups wherever it counts batches (the progress bar,
-            ``on_train_batch_*`` hooks, ``log_every_n_steps``, ``limit_train_batches``,
-            an int ``val_check_interval``); ``global_step`` and ``max_steps`` still count
-            optimizer steps. One device only, without gradient clipping or accumulation.
+            then counts groups where it counts batches (the progress bar,
+            ``on_train_batch_*`` hooks, ``log_every_n_steps``, the ``step`` of
+            ``metrics.csv``); ``global_step`` and ``max_steps`` still count optimizer
+            steps. One device only; Trainer options that count or act on batches
+            (``limit_train_batches``, ``val_check_interval``, ``overfit_batches``,
+            ``fast_dev_run``, gradient clipping and accumulation, a ``ModelCheckpoint``
+            with ``every_n_train_steps``) are refused with it.
 
     What training changes in the process (torch's deterministic mode, set by the Trainer's
     ``deterministic=True``; the random generators ``seed_everything`` seeds; the
@@ -823,6 +826,7 @@ def _train(
         eval_batch_size=eval_batch_size,
         batches_per_step=batches_per_step,
     )
+    _check_groups_allowed_options(trainer, batches_per_step)
     data.prepare_data()  # find the data before any output is created
     _check_batch_size(batch_size, _train_split_size(data))
     _check_fits_data(net, model, _sample_shape(data), dataset)
@@ -960,20 +964,53 @@ def _train_into(
         result.run_dir = str(run_dir)
 
 
+def _groups_what(batches_per_step: int) -> str:
+    return f"--batches_per_step {batches_per_step} (one Lightning step per group of batches)"
+
+
+#: Trainer options that count batches, or step at every batch, and their neutral values:
+#: with groups of batches they would count groups, or act on them, instead.
+_BATCH_COUNTING_OPTIONS: dict[str, tuple[Any, ...]] = {
+    "gradient_clip_val": (None, 0, 0.0),  # manual optimization does not clip
+    "accumulate_grad_batches": (None, 1),
+    "limit_train_batches": (None, 1.0),  # an int 1 means one batch
+    "val_check_interval": (None, 1.0),
+    "overfit_batches": (None, 0, 0.0),
+    "fast_dev_run": (None, False, 0),
+}
+
+
+def _check_groups_allowed_options(options: dict[str, Any] | None, batches_per_step: int) -> None:
+    """Refuse, before anything is written, the Trainer options that count batches (or act
+    at every step) when Lightning's steps are groups of batches."""
+    if batches_per_step == 1:
+        return
+    options = options or {}
+    for name, neutral in _BATCH_COUNTING_OPTIONS.items():
+        value = options.get(name)
+        if not any(type(value) is type(n) and value == n for n in neutral):
+            raise UsageError(
+                f"{_groups_what(batches_per_step)} cannot honour --trainer.{name} {value}, "
+                f"which counts or acts on batches; give --batches_per_step 1 with it"
+            )
+    callbacks = options.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list | tuple) else [callbacks]:
+        every = getattr(callback, "_every_n_train_steps", 0)
+        if isinstance(every, int) and every > 0:  # ModelCheckpoint(every_n_train_steps=N)
+            raise UsageError(
+                f"{_groups_what(batches_per_step)} cannot honour "
+                f"{type(callback).__name__}(every_n_train_steps={every}): it looks at the "
+                f"step count after each group only; give --batches_per_step 1 with it"
+            )
+
+
 def _check_groups_allowed(trainer: L.Trainer, batches_per_step: int) -> None:
-    """Refuse the Trainer settings that manual optimization over groups cannot honour."""
-    what = f"--batches_per_step {batches_per_step} (one Lightning step per group of batches)"
+    """Refuse what manual optimization over groups cannot do: several processes."""
     if trainer.world_size > 1:
         # DDP expects one backward pass per forward of its wrapped module.
         raise UsageError(
-            f"{what} trains on one device; with {trainer.world_size} processes give "
-            f"--batches_per_step 1"
-        )
-    if trainer.gradient_clip_val is not None:
-        raise UsageError(f"{what} cannot clip gradients; drop --trainer.gradient_clip_val")
-    if trainer.accumulate_grad_batches != 1:
-        raise UsageError(
-            f"{what} cannot accumulate gradients; drop --trainer.accumulate_grad_batches"
+            f"{_groups_what(batches_per_step)} trains on one device; with "
+            f"{trainer.world_size} processes give --batches_per_step 1"
         )
 
 
