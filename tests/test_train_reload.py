@@ -429,6 +429,29 @@ def test_throttled_progress_bar_shows_every_step_of_a_run(tmp_path: Path, idx_di
     assert len({done for done, _ in epoch_draws}) <= 3  # start, first step, last step
 
 
+def test_progress_bar_counts_batches_not_groups(tmp_path: Path, idx_dir: Path) -> None:
+    import contextlib
+    import io
+
+    from toolkit.train import ThrottledProgressBar
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        train(
+            data_dir=str(idx_dir),
+            max_epochs=1,
+            output_dir=str(tmp_path),
+            batches_per_step=4,  # 6 batches: groups of 4 and 2
+            trainer={
+                "callbacks": [ThrottledProgressBar(min_interval=0.0)],
+                "limit_val_batches": 1,
+            },
+        )
+    draws = re.findall(r"Epoch 0: +\d+%\|[^|]*\| (\d+)/(\d+)", out.getvalue())
+    assert {total for _, total in draws} == {"6"}
+    assert {int(done) for done, _ in draws} - {0} == {4, 6}  # after each group
+
+
 def test_default_profiler_records_nothing_and_a_users_profiler_replaces_it(
     tmp_path: Path, idx_dir: Path
 ) -> None:

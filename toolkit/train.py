@@ -41,6 +41,7 @@ from toolkit.atomic import (
 from toolkit.data import (
     DEFAULT_DATASET,
     NUM_CLASSES,
+    BatchGroup,
     GroupedBatchSampler,
     MNISTDataModule,
     load_split,
@@ -325,6 +326,27 @@ class ThrottledProgressBar(TQDMProgressBar):
         self.min_interval = min_interval
         self._next_redraw = 0.0
         self._clock = time.monotonic
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches in a training epoch. With groups of batches (``batches_per_step``), the
+        batches of ``batch_size`` (Adam steps), not the groups Lightning counts."""
+        total = super().total_train_batches
+        plain = _plain_batches(self.trainer, total)
+        return total if plain is None else plain
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Move the bar to the batch just trained (the last batch of a group)."""
+        if isinstance(batch, BatchGroup) and isinstance(pl_module, LightningModel):
+            batch_idx = pl_module.group_batches_run[0] - 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _should_update(self, current: int, total: int) -> bool:
         # Called by each of the bar's *_batch_end hooks with the bar's new position.
@@ -688,9 +710,9 @@ def train(
             same order, so the weights are the same to the bit. Above 1, Lightning's
             per-step work (hooks, progress, loop bookkeeping: ~270 µs per step on the
             2-core machine) is paid once per group, through manual optimization. Lightning
-            then counts groups where it counts batches (the progress bar,
-            ``on_train_batch_*`` hooks, ``log_every_n_steps``, the ``step`` of
-            ``metrics.csv``); ``global_step`` and ``max_steps`` still count optimizer
+            then counts groups where it counts batches (``on_train_batch_*`` hooks,
+            ``log_every_n_steps``, the ``step`` of ``metrics.csv``; toolkit's progress bar
+            counts batches); ``global_step`` and ``max_steps`` still count optimizer
             steps. One device only; Trainer options that count or act on batches
             (``limit_train_batches``, ``val_check_interval``, ``overfit_batches``,
             ``fast_dev_run``, gradient clipping and accumulation, a ``ModelCheckpoint``
@@ -1025,13 +1047,24 @@ def _cut_short(trainer: L.Trainer) -> tuple[int, int] | None:
     done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
     if not math.isfinite(batches):
         return None
-    sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+    plain = _plain_batches(trainer, batches)
     module = trainer.lightning_module
-    if isinstance(sampler, GroupedBatchSampler) and isinstance(module, LightningModel):
-        groups, plain = len(sampler), BatchSampler.__len__(sampler)
-        batches = plain if batches >= groups else int(batches) * sampler.batches_per_group
-        done = module.group_batches_run[0]
+    if plain is not None and isinstance(module, LightningModel):
+        batches, done = plain, module.group_batches_run[0]
     return (done, int(batches)) if done < batches else None
+
+
+def _plain_batches(trainer: L.Trainer | None, groups: int | float) -> int | None:
+    """The batches of ``batch_size`` in a training epoch of ``groups`` Lightning batches,
+    when the training loader yields groups of batches; None when it does not."""
+    if trainer is None or not math.isfinite(groups):
+        return None
+    sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+    if not isinstance(sampler, GroupedBatchSampler):
+        return None
+    if groups >= len(sampler):  # the whole epoch
+        return BatchSampler.__len__(sampler)
+    return int(groups) * sampler.batches_per_group
 
 
 def _whole_epochs(trainer: L.Trainer) -> int:
