@@ -13,11 +13,11 @@ is timed from its first step (the tutorial building its datasets, toolkit's ``tr
 called) to the end of ``Trainer.fit``; the test pass and writing the run folder come
 after. ``--rounds N`` repeats the pair, alternating which side goes first, and
 prints the median ratio: on a shared machine single runs vary by up to 30%.
-``--batches-per-step 1 16`` times toolkit once per value of ``toolkit train
+``--batches-per-step 1 16 auto`` times toolkit once per value of ``toolkit train
 --batches_per_step`` in each round (the same Adam steps on the same batches, fewer
-Lightning steps).
+Lightning steps); ``auto``, the default, is toolkit's own choice (32 here).
 
-Run: ``python benchmarks/train_speed.py --epochs 10 --rounds 3 --batches-per-step 1 16``
+Run: ``python benchmarks/train_speed.py --epochs 10 --rounds 3 --batches-per-step 1 auto``
 """
 
 from __future__ import annotations
@@ -134,14 +134,15 @@ def run_tutorial(epochs: int, output_dir: str, as_written: bool = True) -> dict:
 
 
 def run_toolkit(
-    epochs: int, output_dir: str, as_written: bool = True, batches_per_step: int = 1
+    epochs: int, output_dir: str, as_written: bool = True, batches_per_step: int | None = None
 ) -> dict:
     """Train with ``toolkit.train.train`` (what ``toolkit train`` runs), CSV logger included.
 
     Timed as the tutorial: from the call (which finds and loads the data and checks the
     options) to the end of ``Trainer.fit``; writing the run folder and the accuracy passes
     come after it. The progress bar and summary are on, as on a terminal, unless
-    ``as_written`` is False. ``batches_per_step`` is ``toolkit train --batches_per_step``.
+    ``as_written`` is False. ``batches_per_step`` is ``toolkit train --batches_per_step``
+    (None: its default).
     """
     fit_end = _FitEnd()
     shown = {
@@ -159,7 +160,12 @@ def run_toolkit(
             trainer=shown,
             batches_per_step=batches_per_step,
         )
-    return {"fit_s": fit_end.at - start, "test_acc": result.test_acc, "steps": result.steps_run}
+    return {
+        "fit_s": fit_end.at - start,
+        "test_acc": result.test_acc,
+        "steps": result.steps_run,
+        "batches_per_step": result.batches_per_step,
+    }
 
 
 class _FitEnd(L.Callback):
@@ -172,14 +178,14 @@ class _FitEnd(L.Callback):
         self.at = time.perf_counter()
 
 
-def _run_side(side: str, epochs: int, as_written: bool, batches_per_step: int = 1) -> dict:
+def _run_side(side: str, epochs: int, as_written: bool, batches_per_step: str = "auto") -> dict:
     """One pipeline in a fresh interpreter, so neither side inherits the other's warm
     caches, thread pools or floating-point mode."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "side.json")
         command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs)]
         command += ["--json", out] + ([] if as_written else ["--no-extras"])
-        command += ["--batches-per-step", str(batches_per_step)]
+        command += ["--batches-per-step", batches_per_step]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             sys.exit(f"the {side} pipeline failed:\n{done.stderr[-3000:]}")
@@ -187,9 +193,16 @@ def _run_side(side: str, epochs: int, as_written: bool, batches_per_step: int = 
             return json.load(f)
 
 
-def _k_label(side: str) -> str:
+def _batches_per_step(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) > 0):
+        raise argparse.ArgumentTypeError(f"a positive number or auto, got {value!r}")
+    return value
+
+
+def _k_label(side: str, figures: dict) -> str:
     k = side.partition(":")[2]
-    return "" if k == "1" else f" --batches_per_step {k}"
+    used = figures.get("batches_per_step")
+    return f" (default: {used})" if k == "auto" else f" --batches_per_step {k}"
 
 
 def main() -> None:
@@ -205,11 +218,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--batches-per-step",
-        type=int,
+        type=_batches_per_step,
         nargs="+",
-        default=[1],
+        default=["auto"],
         metavar="K",
-        help="time toolkit with each of these --batches_per_step values (default 1)",
+        help="time toolkit with each of these --batches_per_step values: a number, or auto "
+        "for toolkit's default (the default)",
     )
     parser.add_argument("--side", choices=["toolkit", "tutorial"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,7 +231,10 @@ def main() -> None:
     if args.side:  # a child process: one pipeline, figures to --json
         with tempfile.TemporaryDirectory() as output_dir:
             if args.side == "toolkit":
-                figures = run_toolkit(args.epochs, output_dir, as_written, args.batches_per_step[0])
+                k = args.batches_per_step[0]
+                figures = run_toolkit(
+                    args.epochs, output_dir, as_written, None if k == "auto" else int(k)
+                )
             else:
                 figures = run_tutorial(args.epochs, output_dir, as_written)
         with open(args.json, "w") as f:
@@ -237,12 +254,12 @@ def main() -> None:
         figures = {}
         for side in order:
             name, _, k = side.partition(":")
-            figures[side] = _run_side(name, args.epochs, as_written, int(k or 1))
+            figures[side] = _run_side(name, args.epochs, as_written, k or "auto")
         tutorial = figures["tutorial"]
         figures["speedup"] = {s: tutorial["fit_s"] / figures[s]["fit_s"] for s in sides[1:]}
         rounds.append(figures)
         toolkit = "; ".join(
-            f"toolkit{_k_label(s)} {figures[s]['fit_s']:5.1f} s (test acc "
+            f"toolkit{_k_label(s, figures[s])} {figures[s]['fit_s']:5.1f} s (test acc "
             f"{figures[s]['test_acc']:.4f}, {figures[s]['steps']} Adam steps): "
             f"{figures['speedup'][s]:.1f}x"
             for s in sides[1:]
@@ -255,7 +272,8 @@ def main() -> None:
     for side in sides[1:]:
         speedups = [r["speedup"][side] for r in rounds]
         print(
-            f"  toolkit{_k_label(side)} speed-up median {statistics.median(speedups):.1f}x "
+            f"  toolkit{_k_label(side, rounds[0][side])} speed-up median "
+            f"{statistics.median(speedups):.1f}x "
             f"(min {min(speedups):.1f}x, max {max(speedups):.1f}x over {len(rounds)} rounds)"
         )
     if args.json:

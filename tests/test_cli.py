@@ -98,7 +98,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     odd = write_idx_dataset(tmp_path / "odd", n_test=121)
     out = tmp_path / "out:1"
     ddp = ["--run_name", "ddp:1", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
-    proc = run_cli(*_train_args(odd, out, *ddp, "--trainer.limit_train_batches", "3"))
+    proc = run_cli(*_train_args(odd, out, *ddp))  # 3 batches of 64 per process
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
@@ -106,6 +106,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert (out / "ddp:1" / "model.ckpt").is_file()
     info = json.loads((out / "ddp:1" / "run.json").read_text())
     assert info["run_dir"] == str(out / "ddp:1")
+    assert info["batches_per_step"] == 1  # DDP takes one backward pass per forward
     assert sorted(p.name for p in out.iterdir()) == ["ddp:1"]
     # printed once, not once per process; no warnings about repeated samples or unsynced logs
     assert proc.stdout.count("run folder: ") == 1 and proc.stdout.count("Test Acc") == 1

@@ -985,6 +985,7 @@ def test_batches_per_step_trains_the_same_weights_to_the_bit(tmp_path: Path, idx
             output_dir=str(tmp_path),
             run_name=f"k{k}",
             batches_per_step=k,
+            trainer={"log_every_n_steps": 5},  # step rows inside the second group and epoch
         )
         for k in (1, 4)
     }
@@ -996,10 +997,11 @@ def test_batches_per_step_trains_the_same_weights_to_the_bit(tmp_path: Path, idx
     assert (info[1]["batches_per_step"], info[4]["batches_per_step"]) == (1, 4)
     for key in ("train_acc", "val_acc", "test_acc", "epochs_run", "steps_run"):
         assert info[1][key] == info[4][key], key
-    # the per-epoch log holds the same epoch metrics
-    assert (tmp_path / "k1" / "epochs.csv").read_text() == (
-        tmp_path / "k4" / "epochs.csv"
-    ).read_text()
+    # the logs are the same: step rows at the same steps with the same losses, epoch and
+    # validation rows at the same steps
+    for name in ("metrics.csv", "epochs.csv"):
+        assert (tmp_path / "k1" / name).read_text() == (tmp_path / "k4" / name).read_text()
+    assert "train_loss_step" in (tmp_path / "k4" / "metrics.csv").read_text()
 
 
 def test_grouped_batches_are_the_plain_batches_in_order() -> None:
@@ -1110,3 +1112,34 @@ def test_grouped_batches_need_manual_optimization(idx_dir: Path) -> None:
     group = BatchGroup([(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))])
     with pytest.raises(UsageError, match="needs manual optimization"):
         model.training_step(group, 0)
+
+
+def test_default_batches_per_step_is_chosen_from_the_settings(
+    tmp_path: Path, idx_dir: Path
+) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+
+    from toolkit.train import AUTO_BATCHES_PER_STEP, ThrottledProgressBar, choose_batches_per_step
+
+    assert AUTO_BATCHES_PER_STEP > 1
+    assert choose_batches_per_step(None) == AUTO_BATCHES_PER_STEP
+    assert choose_batches_per_step({"max_steps": 5, "log_every_n_steps": 7}) > 1
+    for quiet in (EarlyStopping(monitor="val_loss"), ThrottledProgressBar()):  # no batch hooks
+        assert choose_batches_per_step({"callbacks": [quiet]}) == AUTO_BATCHES_PER_STEP
+    for options in (
+        {"limit_train_batches": 2},
+        {"val_check_interval": 0.5},
+        {"accumulate_grad_batches": 2},
+        {"callbacks": [LearningRateMonitor()]},  # on_train_batch_start
+        {"callbacks": ModelCheckpoint()},  # on_train_batch_end
+    ):
+        assert choose_batches_per_step(options) == 1, options
+    chosen = train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path), run_name="a")
+    plain = train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path), run_name="b",
+                  trainer={"limit_train_batches": 1.0, "accumulate_grad_batches": 1,
+                           "callbacks": [LearningRateMonitor()]})  # fmt: skip
+    assert (chosen.batches_per_step, plain.batches_per_step) == (AUTO_BATCHES_PER_STEP, 1)
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["batches_per_step"] == AUTO_BATCHES_PER_STEP
+    weights = [r.model.state_dict() for r in (chosen, plain)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -363,14 +363,19 @@ class LightningModel(L.LightningModule):
         if isinstance(optimizer, list):
             raise UsageError("a group of batches (batches_per_step above 1) needs one optimizer")
         trainer = self.trainer
+        loop = trainer.fit_loop.epoch_loop
+        # Lightning's log step counter, as a plain run would have it before this batch.
+        logged = getattr(loop, "_batches_that_stepped", None)
+        every = trainer.log_every_n_steps
         detached = None
-        for done, batch in enumerate(group):
+        stepped = 0
+        for batch in group:
             if 0 <= trainer.max_steps <= trainer.global_step:
                 # max_steps counts optimizer steps: stop inside the group. Lightning takes
                 # the group as whole and would validate if it ended the epoch; a plain run
                 # cut short there does not.
-                if done < len(group) and hasattr(trainer.fit_loop.epoch_loop, "_skip_next_val"):
-                    trainer.fit_loop.epoch_loop._skip_next_val = True
+                if hasattr(loop, "_skip_next_val"):
+                    loop._skip_next_val = True
                 break
             loss, true_labels, predicted_labels = self._shared_step(batch)
             detached = loss.detach()
@@ -379,11 +384,23 @@ class LightningModel(L.LightningModule):
             self.manual_backward(loss)
             optimizer.step()
             self.group_batches_run[0] += 1
-        if detached is None:
-            return torch.zeros(())
-        if _lightning_logs_this_step(trainer):
+            if logged is not None and every > 0 and (logged + stepped + 1) % every == 0:
+                # The row a plain run writes after this batch: same step, same loss.
+                self._log_to_loggers({"train_loss_step": float(detached)}, logged + stepped)
+            stepped += 1
+        if logged is not None and stepped > 1:
+            # Lightning adds one after the group; the loggers' step counts batches, as in a
+            # plain run, so epoch and validation rows land on the same steps.
+            loop._batches_that_stepped += stepped - 1
+        elif logged is None and detached is not None and _lightning_logs_this_step(trainer):
             self.log("train_loss_step", detached, on_step=True, on_epoch=False)
-        return detached
+        return torch.zeros(()) if detached is None else detached
+
+    def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:
+        """Write ``metrics`` to every logger at ``step``, with the epoch, as Lightning writes
+        a training step's logged values."""
+        for logger in self.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int

@@ -26,6 +26,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import BatchSampler
 
@@ -601,18 +602,25 @@ def _accuracies(
 
 
 @contextlib.contextmanager
-def _known_warnings_quiet() -> Iterator[None]:
-    """Hide two warnings that tell a toolkit user nothing they can act on.
+def _known_warnings_quiet(grouped: bool = False) -> Iterator[None]:
+    """Hide warnings that tell a toolkit user nothing they can act on.
 
     LightningModel's no-op CPU ``transfer_batch_to_device`` is meant to be used; and
     Lightning's ``_pytree`` helper trips torch's ``LeafSpec`` FutureWarning (Lightning 2.6
-    with torch 2.14), once in ``fit`` and once in ``test``. Other warnings still show.
+    with torch 2.14), once in ``fit`` and once in ``test``. With groups of batches
+    (``grouped``), Lightning's "number of training batches is smaller than the logging
+    interval" counts groups, while the step losses are logged per batch. Other warnings
+    still show.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You have overridden `transfer_batch_to_device`")
         warnings.filterwarnings(
             "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
         )
+        if grouped:
+            warnings.filterwarnings(
+                "ignore", message=r"The number of training batches \(\d+\) is smaller than"
+            )
         yield
 
 
@@ -670,7 +678,7 @@ def train(
     trainer: dict[str, Any] | None = None,
     eval_batch_size: int = 1000,
     flush_denormal: bool = True,
-    batches_per_step: int = 1,
+    batches_per_step: int | None = None,
 ) -> TrainResult:
     """Train a registered network on MNIST-format data and write a run folder.
 
@@ -707,16 +715,19 @@ def train(
             their own setting, so call ``train`` before other CPU work for the full effect.
         batches_per_step: Batches handed to each Lightning training step; the model still
             takes one Adam step per batch of ``batch_size``, on the same batches in the
-            same order, so the weights are the same to the bit. Above 1, Lightning's
+            same order, so the weights (and the logs) are the same to the bit. Default:
+            ``AUTO_BATCHES_PER_STEP`` (32), or 1 with DDP, with callbacks that act per
+            training batch, or with a Trainer option that counts or acts on batches (see
+            :func:`choose_batches_per_step`). Above 1, Lightning's
             per-step work (hooks, progress, loop bookkeeping: ~270 µs per step on the
             2-core machine) is paid once per group, through manual optimization. Lightning
-            then counts groups where it counts batches (``on_train_batch_*`` hooks,
-            ``log_every_n_steps``, the ``step`` of ``metrics.csv``; toolkit's progress bar
-            counts batches); ``global_step`` and ``max_steps`` still count optimizer
-            steps. One device only; Trainer options that count or act on batches
+            then calls ``on_train_batch_*`` hooks once per group; toolkit's progress bar,
+            ``log_every_n_steps``, the ``step`` of ``metrics.csv``, ``global_step`` and
+            ``max_steps`` count batches. One device only; given explicitly above 1, it
+            refuses Trainer options that count or act on batches
             (``limit_train_batches``, ``val_check_interval``, ``overfit_batches``,
             ``fast_dev_run``, gradient clipping and accumulation, a ``ModelCheckpoint``
-            with ``every_n_train_steps``) are refused with it.
+            with ``every_n_train_steps``).
 
     What training changes in the process (torch's deterministic mode, set by the Trainer's
     ``deterministic=True``; the random generators ``seed_everything`` seeds; the
@@ -824,7 +835,7 @@ def _train(
     num_workers: int,
     trainer: dict[str, Any] | None,
     eval_batch_size: int,
-    batches_per_step: int = 1,
+    batches_per_step: int | None = None,
 ) -> TrainResult:
     # Everything that can be checked is checked before any output is created.
     _check_run_name(run_name)
@@ -839,6 +850,9 @@ def _train(
     if learning_rate is None:
         learning_rate = DEFAULT_LEARNING_RATES.get(model, 0.001)
     _check_numbers(num_workers, learning_rate, seed)
+    chosen = batches_per_step is None  # then 1 with DDP, decided once the Trainer exists
+    if batches_per_step is None:
+        batches_per_step = choose_batches_per_step(trainer)
     data = MNISTDataModule(
         data_dir,
         dataset,
@@ -886,6 +900,7 @@ def _train(
                     trainer,
                     overwrite,
                     auto_named=run_name is None,
+                    chosen_batches_per_step=chosen,
                 )
         finally:
             if not staged:
@@ -907,8 +922,11 @@ def _train_into(
     trainer_options: dict[str, Any] | None,
     overwrite: bool,
     auto_named: bool,
+    chosen_batches_per_step: bool = False,
 ) -> TrainResult:
     pl_trainer = _trainer(staging, max_epochs, seed, trainer_options)
+    if chosen_batches_per_step and pl_trainer.world_size > 1:
+        data.batches_per_step = 1  # DDP takes one backward pass per forward
     # With DDP each process trains on its share of the split.
     samples = _train_split_size(data)
     if pl_trainer.world_size > 1:
@@ -921,7 +939,7 @@ def _train_into(
         _check_groups_allowed(pl_trainer, data.batches_per_step)
         lightning_model.automatic_optimization = False  # one Adam step per batch of a group
     start = time.perf_counter()
-    with _known_warnings_quiet():
+    with _known_warnings_quiet(grouped=data.batches_per_step > 1):
         pl_trainer.fit(lightning_model, datamodule=data)
     fit_seconds = time.perf_counter() - start
     if pl_trainer.received_sigterm:  # SIGTERM in the last step: fit ended without raising
@@ -1002,28 +1020,62 @@ _BATCH_COUNTING_OPTIONS: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _check_groups_allowed_options(options: dict[str, Any] | None, batches_per_step: int) -> None:
-    """Refuse, before anything is written, the Trainer options that count batches (or act
-    at every step) when Lightning's steps are groups of batches."""
-    if batches_per_step == 1:
-        return
+#: Batches per Lightning step that ``train`` uses unless told (``batches_per_step=None``)
+#: and nothing in the Trainer settings counts or watches batches (see
+#: :func:`choose_batches_per_step`). Measured for the mlp on the 2-core machine, 10
+#: epochs: 9.7 s with 1, 6.7 s with 8, 6.2 s with 16, 5.9 s with 32.
+AUTO_BATCHES_PER_STEP = 32
+
+
+def _callbacks(options: dict[str, Any]) -> list[Any]:
+    callbacks = options.get("callbacks") or []
+    return list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+
+
+def _group_conflict(options: dict[str, Any] | None) -> str | None:
+    """The Trainer option that counts or acts on batches, described, if one is set."""
     options = options or {}
     for name, neutral in _BATCH_COUNTING_OPTIONS.items():
         value = options.get(name)
         if not any(type(value) is type(n) and value == n for n in neutral):
-            raise UsageError(
-                f"{_groups_what(batches_per_step)} cannot honour --trainer.{name} {value}, "
-                f"which counts or acts on batches; give --batches_per_step 1 with it"
-            )
-    callbacks = options.get("callbacks") or []
-    for callback in callbacks if isinstance(callbacks, list | tuple) else [callbacks]:
+            return f"--trainer.{name} {value}, which counts or acts on batches"
+    for callback in _callbacks(options):
         every = getattr(callback, "_every_n_train_steps", 0)
         if isinstance(every, int) and every > 0:  # ModelCheckpoint(every_n_train_steps=N)
-            raise UsageError(
-                f"{_groups_what(batches_per_step)} cannot honour "
+            return (
                 f"{type(callback).__name__}(every_n_train_steps={every}): it looks at the "
-                f"step count after each group only; give --batches_per_step 1 with it"
+                f"step count after each group only"
             )
+    return None
+
+
+#: Callback hooks that Lightning calls once per group when its steps are groups.
+_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+
+
+def choose_batches_per_step(options: dict[str, Any] | None) -> int:
+    """``AUTO_BATCHES_PER_STEP``, or 1 when a Trainer option counts or acts on batches, or
+    a callback implements ``on_train_batch_start``/``on_train_batch_end`` (it would see
+    groups). DDP is checked once the Trainer exists."""
+    if _group_conflict(options):
+        return 1
+    for callback in _callbacks(options or {}):
+        if isinstance(callback, ThrottledProgressBar):  # counts the batches of groups
+            continue
+        if any(is_overridden(hook, callback, Callback) for hook in _BATCH_HOOKS):
+            return 1
+    return AUTO_BATCHES_PER_STEP
+
+
+def _check_groups_allowed_options(options: dict[str, Any] | None, batches_per_step: int) -> None:
+    """Refuse, before anything is written, the Trainer options that count batches (or act
+    at every step) when Lightning's steps are groups of batches."""
+    conflict = _group_conflict(options) if batches_per_step > 1 else None
+    if conflict:
+        raise UsageError(
+            f"{_groups_what(batches_per_step)} cannot honour {conflict}; give "
+            f"--batches_per_step 1 with it"
+        )
 
 
 def _check_groups_allowed(trainer: L.Trainer, batches_per_step: int) -> None:
