@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 
 from toolkit.errors import CheckpointError, OutputExistsError, UsageError
 from toolkit.models import PyTorchMLP
@@ -577,6 +577,10 @@ def test_run_name_must_be_a_plain_folder_name(tmp_path: Path, idx_dir: Path, nam
             "cannot honour --trainer.fast_dev_run True",
         ),
         (
+            {"batches_per_step": 2, "trainer": {"callbacks": [StochasticWeightAveraging(0.01)]}},
+            "cannot honour StochasticWeightAveraging, which needs Lightning's automatic",
+        ),
+        (
             {
                 "batches_per_step": 2,
                 "trainer": {"callbacks": [ModelCheckpoint(every_n_train_steps=3)]},
@@ -1117,21 +1121,39 @@ def test_grouped_batches_need_manual_optimization(idx_dir: Path) -> None:
 def test_default_batches_per_step_is_chosen_from_the_settings(
     tmp_path: Path, idx_dir: Path
 ) -> None:
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+    from lightning.pytorch.callbacks import (
+        Callback,
+        EarlyStopping,
+        GradientAccumulationScheduler,
+        LearningRateMonitor,
+        ModelSummary,
+    )
 
     from toolkit.train import AUTO_BATCHES_PER_STEP, ThrottledProgressBar, choose_batches_per_step
 
     assert AUTO_BATCHES_PER_STEP > 1
     assert choose_batches_per_step(None) == AUTO_BATCHES_PER_STEP
     assert choose_batches_per_step({"max_steps": 5, "log_every_n_steps": 7}) > 1
-    for quiet in (EarlyStopping(monitor="val_loss"), ThrottledProgressBar()):  # no batch hooks
+    for quiet in (EarlyStopping(monitor="val_loss"), ThrottledProgressBar(), ModelSummary()):
         assert choose_batches_per_step({"callbacks": [quiet]}) == AUTO_BATCHES_PER_STEP
+
+    class EpochEnd(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None: ...
+
+    class ZeroGrad(Callback):  # manual optimization does not call on_before_zero_grad
+        def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None: ...
+
+    assert choose_batches_per_step({"callbacks": [EpochEnd()]}) == AUTO_BATCHES_PER_STEP
     for options in (
         {"limit_train_batches": 2},
         {"val_check_interval": 0.5},
         {"accumulate_grad_batches": 2},
+        {"max_time": "00:00:01:00"},  # Lightning's Timer checks it after each step
         {"callbacks": [LearningRateMonitor()]},  # on_train_batch_start
         {"callbacks": ModelCheckpoint()},  # on_train_batch_end
+        {"callbacks": [ZeroGrad()]},
+        {"callbacks": [StochasticWeightAveraging(swa_lrs=0.01)]},  # automatic only
+        {"callbacks": [GradientAccumulationScheduler({1: 2})]},
     ):
         assert choose_batches_per_step(options) == 1, options
     chosen = train(data_dir=str(idx_dir), max_epochs=1, output_dir=str(tmp_path), run_name="a")
@@ -1143,3 +1165,14 @@ def test_default_batches_per_step_is_chosen_from_the_settings(
     assert info["batches_per_step"] == AUTO_BATCHES_PER_STEP
     weights = [r.model.state_dict() for r in (chosen, plain)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_step_losses_reach_callbacks_with_groups(tmp_path: Path, idx_dir: Path) -> None:
+    # Written straight to the loggers they were missing from callback_metrics: an
+    # EarlyStopping on train_loss_step stopped the run with an error.
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = EarlyStopping(monitor="train_loss_step", check_on_train_epoch_end=True)
+    result = train(data_dir=str(idx_dir), max_epochs=2, output_dir=str(tmp_path),
+                   trainer={"log_every_n_steps": 1, "callbacks": [stop]})  # fmt: skip
+    assert result.batches_per_step > 1 and result.steps_run == 12

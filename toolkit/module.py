@@ -369,6 +369,7 @@ class LightningModel(L.LightningModule):
         every = trainer.log_every_n_steps
         detached = None
         stepped = 0
+        crossings: list[tuple[int, torch.Tensor]] = []  # (row step, loss) of logging steps
         for batch in group:
             if 0 <= trainer.max_steps <= trainer.global_step:
                 # max_steps counts optimizer steps: stop inside the group. Lightning takes
@@ -385,15 +386,25 @@ class LightningModel(L.LightningModule):
             optimizer.step()
             self.group_batches_run[0] += 1
             if logged is not None and every > 0 and (logged + stepped + 1) % every == 0:
-                # The row a plain run writes after this batch: same step, same loss.
-                self._log_to_loggers({"train_loss_step": float(detached)}, logged + stepped)
+                crossings.append((logged + stepped, detached))
             stepped += 1
-        if logged is not None and stepped > 1:
+        if logged is None:
+            if detached is not None and _lightning_logs_this_step(trainer):
+                self.log("train_loss_step", detached, on_step=True, on_epoch=False)
+            return torch.zeros(()) if detached is None else detached
+        if stepped > 1:
             # Lightning adds one after the group; the loggers' step counts batches, as in a
             # plain run, so epoch and validation rows land on the same steps.
             loop._batches_that_stepped += stepped - 1
-        elif logged is None and detached is not None and _lightning_logs_this_step(trainer):
-            self.log("train_loss_step", detached, on_step=True, on_epoch=False)
+        # The rows a plain run writes, at the same steps with the same losses. Lightning
+        # writes the last one itself when it ends the group (its counter then says so);
+        # `self.log` also puts it in callback_metrics, as a plain run does.
+        last_step = logged + stepped - 1
+        for step, loss in crossings:
+            if step != last_step:
+                self._log_to_loggers({"train_loss_step": float(loss)}, step)
+        if crossings:
+            self.log("train_loss_step", crossings[-1][1], on_step=True, on_epoch=False)
         return torch.zeros(()) if detached is None else detached
 
     def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:

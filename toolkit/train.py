@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -716,9 +717,9 @@ def train(
         batches_per_step: Batches handed to each Lightning training step; the model still
             takes one Adam step per batch of ``batch_size``, on the same batches in the
             same order, so the weights (and the logs) are the same to the bit. Default:
-            ``AUTO_BATCHES_PER_STEP`` (32), or 1 with DDP, with callbacks that act per
-            training batch, or with a Trainer option that counts or acts on batches (see
-            :func:`choose_batches_per_step`). Above 1, Lightning's
+            ``AUTO_BATCHES_PER_STEP`` (32), or 1 with DDP, ``max_time``, callbacks with
+            hooks that differ with groups, or a Trainer option that counts or acts on
+            batches (see :func:`choose_batches_per_step`). Above 1, Lightning's
             per-step work (hooks, progress, loop bookkeeping: ~270 µs per step on the
             2-core machine) is paid once per group, through manual optimization. Lightning
             then calls ``on_train_batch_*`` hooks once per group; toolkit's progress bar,
@@ -727,7 +728,8 @@ def train(
             refuses Trainer options that count or act on batches
             (``limit_train_batches``, ``val_check_interval``, ``overfit_batches``,
             ``fast_dev_run``, gradient clipping and accumulation, a ``ModelCheckpoint``
-            with ``every_n_train_steps``).
+            with ``every_n_train_steps``, ``StochasticWeightAveraging``,
+            ``GradientAccumulationScheduler``).
 
     What training changes in the process (torch's deterministic mode, set by the Trainer's
     ``deterministic=True``; the random generators ``seed_everything`` seeds; the
@@ -1027,6 +1029,15 @@ _BATCH_COUNTING_OPTIONS: dict[str, tuple[Any, ...]] = {
 AUTO_BATCHES_PER_STEP = 32
 
 
+#: Lightning callbacks that step schedulers or accumulate gradients only under automatic
+#: optimization.
+_AUTOMATIC_ONLY_CALLBACKS: tuple[type, ...] = tuple(
+    getattr(lightning_callbacks, name)
+    for name in ("StochasticWeightAveraging", "GradientAccumulationScheduler")
+    if hasattr(lightning_callbacks, name)
+)
+
+
 def _callbacks(options: dict[str, Any]) -> list[Any]:
     callbacks = options.get("callbacks") or []
     return list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
@@ -1040,6 +1051,11 @@ def _group_conflict(options: dict[str, Any] | None) -> str | None:
         if not any(type(value) is type(n) and value == n for n in neutral):
             return f"--trainer.{name} {value}, which counts or acts on batches"
     for callback in _callbacks(options):
+        if isinstance(callback, _AUTOMATIC_ONLY_CALLBACKS):
+            return (
+                f"{type(callback).__name__}, which needs Lightning's automatic optimization "
+                f"(one batch per step)"
+            )
         every = getattr(callback, "_every_n_train_steps", 0)
         if isinstance(every, int) and every > 0:  # ModelCheckpoint(every_n_train_steps=N)
             return (
@@ -1049,21 +1065,56 @@ def _group_conflict(options: dict[str, Any] | None) -> str | None:
     return None
 
 
-#: Callback hooks that Lightning calls once per group when its steps are groups.
-_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+#: Callback hooks that see no difference when Lightning's steps are groups of batches
+#: (per epoch, per validation or test pass, per checkpoint, per backward and optimizer
+#: step). A callback of the user's that implements any other hook (``setup``,
+#: ``on_train_start``, ``on_train_batch_*``, ``on_before_zero_grad``, which manual
+#: optimization does not call, ...) gets one batch per Lightning step by default.
+_GROUP_SAFE_HOOKS = frozenset({
+    "on_fit_end", "on_train_end", "on_train_epoch_start", "on_train_epoch_end",
+    "on_sanity_check_start", "on_sanity_check_end", "on_validation_start",
+    "on_validation_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_validation_batch_start", "on_validation_batch_end", "on_test_start", "on_test_end",
+    "on_test_epoch_start", "on_test_epoch_end", "on_test_batch_start", "on_test_batch_end",
+    "on_predict_start", "on_predict_end", "on_predict_epoch_start", "on_predict_epoch_end",
+    "on_predict_batch_start", "on_predict_batch_end", "on_before_backward",
+    "on_after_backward", "on_before_optimizer_step", "on_save_checkpoint",
+    "on_load_checkpoint", "state_dict", "load_state_dict", "on_exception", "teardown",
+})  # fmt: skip
+_CALLBACK_HOOKS = tuple(
+    name for name in vars(Callback) if name.startswith("on_") or name in ("setup", "state_dict",
+                                                                          "load_state_dict",
+                                                                          "teardown")
+)  # fmt: skip
+
+
+def _group_safe(callback: Any) -> bool:
+    """Whether ``callback`` behaves the same with groups of batches (see
+    ``_GROUP_SAFE_HOOKS``); toolkit's own callbacks and Lightning's EarlyStopping and
+    ModelSummary are known to."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
+
+    if isinstance(callback, ThrottledProgressBar | EpochLines | EarlyStopping | ModelSummary):
+        return True
+    if not isinstance(callback, Callback):
+        return False
+    return not any(
+        is_overridden(hook, callback, Callback)
+        for hook in _CALLBACK_HOOKS
+        if hook not in _GROUP_SAFE_HOOKS
+    )
 
 
 def choose_batches_per_step(options: dict[str, Any] | None) -> int:
-    """``AUTO_BATCHES_PER_STEP``, or 1 when a Trainer option counts or acts on batches, or
-    a callback implements ``on_train_batch_start``/``on_train_batch_end`` (it would see
-    groups). DDP is checked once the Trainer exists."""
-    if _group_conflict(options):
+    """``AUTO_BATCHES_PER_STEP``, or 1 when a Trainer option counts or acts on batches
+    (``max_time`` included: Lightning's timer checks it after each step), or a callback
+    implements a hook that differs with groups (see ``_GROUP_SAFE_HOOKS``). DDP is checked
+    once the Trainer exists."""
+    options = options or {}
+    if _group_conflict(options) or options.get("max_time") is not None:
         return 1
-    for callback in _callbacks(options or {}):
-        if isinstance(callback, ThrottledProgressBar):  # counts the batches of groups
-            continue
-        if any(is_overridden(hook, callback, Callback) for hook in _BATCH_HOOKS):
-            return 1
+    if not all(_group_safe(callback) for callback in _callbacks(options)):
+        return 1
     return AUTO_BATCHES_PER_STEP
 
 
