@@ -16,6 +16,8 @@ import pytest
 import torch
 from helpers import run_cli
 
+from toolkit.errors import TerminatedError
+
 
 def assert_one_line_error(proc, code: int, *fragments: str) -> None:
     assert proc.returncode == code, proc.stderr
@@ -587,3 +589,46 @@ def test_train_batches_per_step_option(tmp_path: Path, idx_dir: Path) -> None:
     assert (info["batches_per_step"], info["steps_run"]) == (4, 6)
     proc = run_cli(*_train_args(idx_dir, tmp_path, "--batches_per_step", "0"))
     assert_one_line_error(proc, 2, "--batches_per_step must be at least 1, got 0")
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "line"),
+    [("sigterm", 143, "toolkit: terminated"), ("ctrl-c", 130, "toolkit: interrupted")],
+)
+def test_an_error_raised_while_a_stop_is_handled_still_stops(
+    monkeypatch, capsys, stop: str, code: int, line: str
+) -> None:
+    """Seen in CI: SIGTERM to the process group killed the DataLoader workers, and torch's
+    SIGCHLD handler raised "DataLoader worker ... is killed by signal" inside the code that
+    was turning the stop into exit 143: exit 1 and a traceback."""
+    from toolkit import cli
+
+    def stopped_then_worker_error(argv: list[str]) -> list[str]:
+        try:
+            if stop == "sigterm":
+                cli._raise_terminated(signal.SIGTERM, None)
+            raise KeyboardInterrupt
+        except (TerminatedError, KeyboardInterrupt):
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal")  # noqa: B904
+
+    previous = signal.getsignal(signal.SIGCHLD)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # as torch's handler would be
+    monkeypatch.setattr(cli, "_bool_flags", stopped_then_worker_error)
+    try:
+        assert cli.main(["train"]) == code
+        # the stop handler quiets worker-death reports for the rest of the clean-up
+        assert (signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL) == (stop == "sigterm")
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_other_errors_are_not_taken_for_stops(monkeypatch) -> None:
+    from toolkit import cli
+
+    def fails(argv: list[str]) -> list[str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_bool_flags", fails)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train"])

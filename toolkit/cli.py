@@ -28,6 +28,7 @@ from toolkit.errors import (
     UsageError,
     raise_if_stopped,
     request_stop,
+    stop_requested,
 )
 
 #: command name → "module:function", imported when the parser is built.
@@ -60,7 +61,20 @@ _TRAINER_SKIP = {"max_epochs", "default_root_dir", "self"}
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     request_stop()  # for raise_if_stopped, should a library swallow the exception
+    _quiet_worker_deaths()
     raise TerminatedError("terminated")
+
+
+def _quiet_worker_deaths() -> None:
+    """Stop torch's SIGCHLD handler from raising: the process is stopping.
+
+    SIGTERM sent to a process group stops DataLoader workers too, and torch's handler
+    raises ``RuntimeError: DataLoader worker ... is killed by signal`` for each death it
+    sees, at any point of the clean-up that follows, even inside the code that was
+    turning the first such error into "terminated" (exit 1 and a traceback, seen in CI).
+    """
+    with suppress(ValueError, OSError, AttributeError):  # not the main thread, ...
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 @contextmanager
@@ -323,7 +337,30 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         _say_once("toolkit: interrupted")
         return 130
+    except Exception as exc:  # raised while a stop was being handled: the stop wins
+        stop = _stop_behind(exc)
+        if stop is None or debug:
+            raise
+        _say_once("toolkit: terminated" if stop == 143 else "toolkit: interrupted")
+        return stop
     return 0
+
+
+def _stop_behind(exc: BaseException) -> int | None:
+    """143 if SIGTERM came (recorded, or an exception raised while handling it), 130 if
+    ``exc`` was raised while handling Ctrl-C, else None."""
+    if stop_requested():
+        return 143
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, TerminatedError):
+            return 143
+        if isinstance(cause, KeyboardInterrupt):
+            return 130
+        cause = cause.__context__
+    return None
 
 
 #: Where launchers (Lightning's DDP, torchrun, SLURM, LSF) put a process's rank on its node.

@@ -93,6 +93,11 @@ def request_stop(requested: bool = True) -> None:
     _stop["requested"] = requested
 
 
+def stop_requested() -> bool:
+    """Whether SIGTERM came during this command (see :func:`request_stop`)."""
+    return bool(_stop["requested"])
+
+
 def raise_if_stopped() -> None:
     """Raise :class:`TerminatedError` if SIGTERM came, even if its exception was lost.
 
