@@ -980,19 +980,28 @@ def test_a_dangling_link_under_the_default_name_is_skipped(tmp_path: Path, idx_d
     assert (tmp_path / "mlp-fashion-mnist").is_symlink()
 
 
-def test_batches_per_step_trains_the_same_weights_to_the_bit(tmp_path: Path, idx_dir: Path) -> None:
-    # 6 batches per epoch: groups of 4 and 2. The same Adam steps on the same batches.
-    results = {
+def _plain_and_grouped(
+    tmp_path: Path, idx_dir: Path, max_epochs: int, trainer: dict[str, Any]
+) -> dict[int, Any]:
+    """The same run with one batch per Lightning step and with groups of 4, in run folders
+    ``k1`` and ``k4``."""
+    return {
         k: train(
             data_dir=str(idx_dir),
-            max_epochs=2,
+            max_epochs=max_epochs,
             output_dir=str(tmp_path),
             run_name=f"k{k}",
             batches_per_step=k,
-            trainer={"log_every_n_steps": 5},  # step rows inside the second group and epoch
+            trainer=trainer,
         )
         for k in (1, 4)
     }
+
+
+def test_batches_per_step_trains_the_same_weights_to_the_bit(tmp_path: Path, idx_dir: Path) -> None:
+    # 6 batches per epoch: groups of 4 and 2. The same Adam steps on the same batches.
+    # step rows inside the second group and epoch
+    results = _plain_and_grouped(tmp_path, idx_dir, 2, {"log_every_n_steps": 5})
     plain, grouped = (results[k].model.state_dict() for k in (1, 4))
     assert plain.keys() == grouped.keys()
     assert all(torch.equal(plain[key], grouped[key]) for key in plain)
@@ -1052,17 +1061,8 @@ def test_max_steps_inside_a_group_logs_and_validates_as_a_plain_run(
 ) -> None:
     # 6 batches per epoch, groups of 4 and 2: step 5 ends inside the epoch's last group
     # (Lightning validated after it, a plain run does not), step 9 inside a first group.
-    results = {
-        k: train(
-            data_dir=str(idx_dir),
-            max_epochs=3,
-            output_dir=str(tmp_path),
-            run_name=f"k{k}",
-            batches_per_step=k,
-            trainer={"max_steps": max_steps, "limit_val_batches": 1},
-        )
-        for k in (1, 4)
-    }
+    trainer = {"max_steps": max_steps, "limit_val_batches": 1}
+    results = _plain_and_grouped(tmp_path, idx_dir, 3, trainer)
     assert results[1].steps_run == results[4].steps_run == max_steps
     assert results[1].epochs_run == results[4].epochs_run
     plain, grouped = (results[k].model.state_dict() for k in (1, 4))
