@@ -28,6 +28,7 @@ from toolkit.errors import (
     UsageError,
     raise_if_stopped,
     request_stop,
+    stop_behind,
     stop_requested,
 )
 
@@ -349,18 +350,7 @@ def _main(argv: list[str] | None) -> int:
 def _stop_behind(exc: BaseException) -> int | None:
     """143 if SIGTERM came (recorded, or an exception raised while handling it), 130 if
     ``exc`` was raised while handling Ctrl-C, else None."""
-    if stop_requested():
-        return 143
-    seen: set[int] = set()
-    cause = exc.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, TerminatedError):
-            return 143
-        if isinstance(cause, KeyboardInterrupt):
-            return 130
-        cause = cause.__context__
-    return None
+    return 143 if stop_requested() else stop_behind(exc)
 
 
 #: Where launchers (Lightning's DDP, torchrun, SLURM, LSF) put a process's rank on its node.

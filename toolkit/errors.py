@@ -93,6 +93,26 @@ def request_stop(requested: bool = True) -> None:
     _stop["requested"] = requested
 
 
+def stop_behind(exc: BaseException, terminated: tuple[type[BaseException], ...] = ()) -> int | None:
+    """The stop that ``exc`` was raised while handling: 143 for SIGTERM
+    (:class:`TerminatedError`, or one of ``terminated``), 130 for Ctrl-C, else None.
+
+    When Ctrl-C or SIGTERM reaches the whole process group, DataLoader workers die with it
+    and torch raises ``RuntimeError: DataLoader worker ... is killed by signal`` while the
+    main process is still handling its own stop: a consequence of the stop, not a fault.
+    """
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (TerminatedError, *terminated)):
+            return 143
+        if isinstance(cause, KeyboardInterrupt):
+            return 130
+        cause = cause.__context__
+    return None
+
+
 def stop_requested() -> bool:
     """Whether SIGTERM came during this command (see :func:`request_stop`)."""
     return bool(_stop["requested"])

@@ -24,7 +24,14 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import callbacks as lightning_callbacks
-from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    ModelSummary,
+    ProgressBar,
+    TQDMProgressBar,
+)
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -58,6 +65,7 @@ from toolkit.errors import (
     ToolkitError,
     UsageError,
     first_line,
+    stop_behind,
 )
 from toolkit.models import build_model, input_shape_of
 from toolkit.module import LightningModel
@@ -256,22 +264,13 @@ def _stops_as_errors(what: str) -> Iterator[None]:
 
 
 def _raise_stop_behind(exc: BaseException, what: str) -> None:
-    """Raise the stop that ``exc`` was raised while handling, if any.
-
-    When Ctrl-C or SIGTERM reaches the whole process group, DataLoader workers die with it
-    and torch raises ``RuntimeError: DataLoader worker ... is killed by signal`` while the
-    main process is still handling its own ``KeyboardInterrupt`` or ``TerminatedError``.
-    That error is a consequence of the stop, not a fault of its own.
-    """
-    seen: set[int] = set()
-    cause = exc.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, (TerminatedError, SIGTERMException)):
-            raise TerminatedError(f"terminated (SIGTERM); {what}") from None
-        if isinstance(cause, KeyboardInterrupt):
-            raise KeyboardInterrupt from None
-        cause = cause.__context__
+    """Raise the stop that ``exc`` was raised while handling, if any (see
+    :func:`toolkit.errors.stop_behind`)."""
+    stop = stop_behind(exc, (SIGTERMException,))
+    if stop == 143:
+        raise TerminatedError(f"terminated (SIGTERM); {what}") from None
+    if stop == 130:
+        raise KeyboardInterrupt from None
 
 
 def _raised_by_lightning_checks(exc: BaseException) -> bool:
@@ -1082,18 +1081,16 @@ _GROUP_SAFE_HOOKS = frozenset({
     "on_load_checkpoint", "state_dict", "load_state_dict", "on_exception", "teardown",
 })  # fmt: skip
 _CALLBACK_HOOKS = tuple(
-    name for name in vars(Callback) if name.startswith("on_") or name in ("setup", "state_dict",
-                                                                          "load_state_dict",
-                                                                          "teardown")
-)  # fmt: skip
+    name
+    for name in vars(Callback)
+    if name.startswith("on_") or name in ("setup", "state_dict", "load_state_dict", "teardown")
+)
 
 
 def _group_safe(callback: Any) -> bool:
     """Whether ``callback`` behaves the same with groups of batches (see
     ``_GROUP_SAFE_HOOKS``); toolkit's own callbacks and Lightning's EarlyStopping and
     ModelSummary are known to."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
-
     if isinstance(callback, ThrottledProgressBar | EpochLines | EarlyStopping | ModelSummary):
         return True
     if not isinstance(callback, Callback):
